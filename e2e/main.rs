@@ -1,0 +1,1 @@
+//! End-to-end tests: real berthd, runc, CNI plugins and registry.
