@@ -127,8 +127,7 @@ mod tests {
 
     #[test]
     fn io_errors_become_internal_with_source() {
-        let r: std::result::Result<(), std::io::Error> =
-            Err(std::io::Error::new(std::io::ErrorKind::Other, "boom"));
+        let r: std::result::Result<(), std::io::Error> = Err(std::io::Error::other("boom"));
         let e = r.context(|| "writing blob sha256:ab".into()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Internal);
         assert_eq!(e.to_string(), "writing blob sha256:ab: boom");

@@ -58,7 +58,7 @@ pub struct Debug {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     pub address: String,
@@ -164,12 +164,6 @@ impl Default for Grpc {
 impl Default for Debug {
     fn default() -> Self {
         Debug { level: "info".into(), format: LogFormat::Text }
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics { address: String::new() }
     }
 }
 

@@ -253,7 +253,7 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 /// Parses a manifest or index by its media type, refusing Docker schema 1 with a clear error.
 pub enum Parsed {
     Index(Index),
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
 }
 
 pub fn parse_manifest_or_index(media_type: &str, bytes: &[u8]) -> Result<Parsed> {
@@ -287,7 +287,7 @@ pub fn parse_manifest_or_index(media_type: &str, bytes: &[u8]) -> Result<Parsed>
             .map(Parsed::Index)
             .map_err(|e| Error::invalid(format!("invalid image index: {e}"))),
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => serde_json::from_slice(bytes)
-            .map(Parsed::Manifest)
+            .map(|m| Parsed::Manifest(Box::new(m)))
             .map_err(|e| Error::invalid(format!("invalid image manifest: {e}"))),
         media::DOCKER_SCHEMA1 | media::DOCKER_SCHEMA1_SIGNED => Err(Error::invalid(
             "docker schema 1 manifests are not supported: the image must be re-pushed with schema 2 or OCI",
