@@ -2,4 +2,5 @@
 //! collection. It knows nothing of CRI or gRPC; `cri/` translates CRI calls into calls on it.
 
 pub mod digest;
+pub mod metadata;
 pub mod oci;
