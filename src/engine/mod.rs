@@ -4,3 +4,17 @@
 pub mod digest;
 pub mod metadata;
 pub mod oci;
+
+/// Disk used by a store: allocated bytes (st_blocks × 512) and inodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage { bytes: self.bytes + o.bytes, inodes: self.inodes + o.inodes }
+    }
+}
