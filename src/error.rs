@@ -33,15 +33,16 @@ impl fmt::Display for ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    // Not exposed as `source()`: the message already contains it, and error chains printed with
+    // `{:#}` would repeat it.
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error { kind, message: message.into(), cause: None }
     }
 
     /// Wraps a lower-level error; the message becomes `"{message}: {source}"`.
@@ -51,7 +52,12 @@ impl Error {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         let message = format!("{}: {}", message.into(), source);
-        Error { kind, message, source: Some(Box::new(source)) }
+        Error { kind, message, cause: Some(Box::new(source)) }
+    }
+
+    /// The lower-level error this one wraps, if any.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -131,6 +137,7 @@ mod tests {
         let e = r.context(|| "writing blob sha256:ab".into()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Internal);
         assert_eq!(e.to_string(), "writing blob sha256:ab: boom");
-        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.cause().is_some());
+        assert!(std::error::Error::source(&e).is_none(), "the message already holds the cause");
     }
 }

@@ -1,0 +1,45 @@
+//! The CRI v1 facade: tonic services that translate CRI messages into calls on the engine (and,
+//! later, the pod runtime). Generated CRI types never leave this folder. Every RPC goes through
+//! [`rpc`], which opens a span, times the call and maps errors to gRPC codes in one place.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+pub use k8s_cri::v1 as api;
+
+pub mod runtime;
+pub mod status;
+
+/// Runs one CRI call: a tracing span named after the method carrying the object id, debug logs of the
+/// outcome and duration, and the error → status mapping.
+pub async fn rpc<T, F>(method: &'static str, id: &str, f: F) -> Result<Response<T>, Status>
+where
+    F: Future<Output = crate::Result<T>>,
+{
+    let span = tracing::info_span!("cri", method, id = %id);
+    let start = Instant::now();
+    let result = f.instrument(span.clone()).await;
+    let elapsed = start.elapsed();
+    let _enter = span.enter();
+    match result {
+        Ok(v) => {
+            tracing::debug!(?elapsed, "ok");
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            let status = status::to_status(&e);
+            match e.kind() {
+                crate::ErrorKind::NotFound
+                | crate::ErrorKind::InvalidArgument
+                | crate::ErrorKind::AlreadyExists => {
+                    tracing::info!(?elapsed, code = ?status.code(), error = %e, "failed")
+                }
+                _ => tracing::warn!(?elapsed, code = ?status.code(), error = %e, "failed"),
+            }
+            Err(status)
+        }
+    }
+}

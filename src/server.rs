@@ -1,0 +1,182 @@
+//! Wiring: builds every component from the configuration, takes the root lock, serves the gRPC
+//! socket and drains in-flight calls on shutdown. Listeners and the shutdown signal are arguments,
+//! so tests can bind their own; this module never reads global state other than what it is given.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri;
+
+/// How long in-flight calls may run after a shutdown signal before berthd exits anyway.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// An exclusive lock on `<root>/berthd.lock`, held for the daemon's lifetime: a second berthd on the
+/// same root refuses to start instead of corrupting the store.
+pub struct RootLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl RootLock {
+    pub fn acquire(path: &Path) -> Result<RootLock> {
+        use std::io::{Read, Seek, Write};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                bail!(
+                    "another berthd (pid {}) is using {}: refusing to start",
+                    holder.split_whitespace().next().unwrap_or("unknown"),
+                    path.parent().unwrap_or(path).display()
+                );
+            }
+            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        };
+        lock.set_len(0)?;
+        lock.rewind()?;
+        writeln!(lock, "{}", std::process::id())?;
+        Ok(RootLock { _lock: lock })
+    }
+}
+
+/// Binds the gRPC unix socket: refuses if another live server answers on it, replaces a stale socket
+/// left by a crash, and creates it with mode 0660 owned by `uid:gid`.
+pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() || std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another running server", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // Create the socket without group/other access from the first instant, then widen to 0660.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Everything berthd serves, built from the configuration.
+pub struct Daemon {
+    pub config: Arc<Config>,
+    runtime: cri::runtime::RuntimeService,
+}
+
+impl Daemon {
+    /// Builds the components. The caller holds the root lock.
+    pub async fn build(config: Config) -> Result<Daemon> {
+        let config = Arc::new(config);
+        for dir in [&config.root, &config.state] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("chmod {}", dir.display()))?;
+        }
+        let runtime = cri::runtime::RuntimeService::new(config.clone());
+        Ok(Daemon { config, runtime })
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls for at most
+    /// [`DRAIN_GRACE`].
+    pub async fn serve(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        use cri::api::runtime_service_server::RuntimeServiceServer;
+        let max_recv = self.config.grpc.max_recv_message_size;
+        let max_send = self.config.grpc.max_send_message_size;
+        let runtime = RuntimeServiceServer::new(self.runtime)
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(max_send);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = signalled_tx.send(());
+            let _ = stop_tx.send(());
+        });
+        let server = tonic::transport::Server::builder().add_service(runtime).serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+        let mut server = Box::pin(server);
+        tokio::select! {
+            r = &mut server => return r.context("serving grpc"),
+            _ = signalled_rx => {}
+        }
+        tracing::info!(grace = ?DRAIN_GRACE, "shutting down: draining in-flight calls");
+        match tokio::time::timeout(DRAIN_GRACE, server).await {
+            Ok(r) => r.context("serving grpc"),
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within the grace period");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_the_same_root_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("berthd.lock");
+        let first = RootLock::acquire(&p).unwrap();
+        let err = RootLock::acquire(&p).err().expect("second lock refused").to_string();
+        assert!(err.contains("another berthd"), "{err}");
+        drop(first);
+        RootLock::acquire(&p).expect("lock free again after the first holder is gone");
+    }
+
+    #[tokio::test]
+    async fn socket_is_0660_and_stale_socket_is_replaced_but_live_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/berth.sock");
+        let l = bind_socket(&p, 0, 0).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let err = bind_socket(&p, 0, 0).expect_err("live socket kept").to_string();
+        assert!(err.contains("in use"), "{err}");
+        drop(l);
+        // The listener is gone but the file remains, as after a crash.
+        assert!(p.exists());
+        bind_socket(&p, 0, 0).expect("stale socket replaced");
+    }
+}
