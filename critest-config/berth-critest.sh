@@ -1,0 +1,75 @@
+#!/bin/bash
+# berth-critest.sh — a throwaway berthd set up for the CRI conformance suite (critest).
+#
+#   BERTH_TEST_REGISTRY=127.0.0.1:5000 berth-critest.sh start   start berthd, print its socket path
+#   berth-critest.sh stop                                        stop it and remove its root and state
+#   BERTH_TEST_REGISTRY=127.0.0.1:5000 berth-critest.sh run CMD… start, run CMD with $BERTH_SOCK set, stop
+#
+# Its registry mirrors (containerd's certs.d layout) send registry.k8s.io, k8s.gcr.io, gcr.io, docker.io,
+# quay.io and public.ecr.aws to http://$BERTH_TEST_REGISTRY, which must hold look-alikes of the images critest
+# pulls under their original paths (README.md in this folder lists them). Everything lives under one
+# temporary directory ($BERTH_CRITEST_DIR, default /tmp/berth-critest); nothing else on the machine is touched.
+# berthd is taken from $BERTHD, else target/release/berthd or target/debug/berthd of this checkout, else PATH.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+DIR=${BERTH_CRITEST_DIR:-/tmp/berth-critest}
+PIDFILE=$DIR/berthd.pid
+SOCK=$DIR/state/berth.sock
+
+find_berthd() {
+  if [ -n "${BERTHD:-}" ]; then echo "$BERTHD"; return; fi
+  for b in "$HERE/../target/release/berthd" "$HERE/../target/debug/berthd"; do
+    [ -x "$b" ] && { echo "$b"; return; }
+  done
+  command -v berthd || { echo "berthd not found: build it (cargo build) or set BERTHD" >&2; exit 1; }
+}
+
+start() {
+  local reg=${BERTH_TEST_REGISTRY:?set BERTH_TEST_REGISTRY to the registry holding critest images, e.g. 127.0.0.1:5000}
+  if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then echo "$SOCK"; return; fi
+  local berthd; berthd=$(find_berthd)
+  mkdir -p "$DIR/certs.d" "$DIR/net.d"
+  for host in registry.k8s.io k8s.gcr.io gcr.io docker.io registry-1.docker.io quay.io public.ecr.aws; do
+    mkdir -p "$DIR/certs.d/$host"
+    cat > "$DIR/certs.d/$host/hosts.toml" <<EOT
+server = "http://$reg"
+[host."http://$reg"]
+  capabilities = ["pull", "resolve"]
+EOT
+  done
+  sed -e "s|@DIR@|$DIR|g" "$HERE/berth.toml" > "$DIR/config.toml"
+  nohup "$berthd" --config "$DIR/config.toml" >>"$DIR/berthd.log" 2>&1 &
+  echo $! > "$PIDFILE"
+  for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+  [ -S "$SOCK" ] || { echo "berthd did not start; see $DIR/berthd.log:" >&2; tail -20 "$DIR/berthd.log" >&2; exit 1; }
+  echo "$SOCK"
+}
+
+stop() {
+  if [ -f "$PIDFILE" ]; then
+    local pid; pid=$(cat "$PIDFILE")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  # Unmount whatever is left under the throwaway root and state, deepest first, then remove them.
+  if [ -d "$DIR" ]; then
+    awk -v d="$DIR/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$DIR"
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  run)
+    shift
+    trap stop EXIT
+    BERTH_SOCK=$(start)
+    export BERTH_SOCK
+    "$@"
+    ;;
+  *) echo "usage: berth-critest.sh start | stop | run CMD..." >&2; exit 2 ;;
+esac
