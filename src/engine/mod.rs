@@ -2,6 +2,7 @@
 //! collection. It knows nothing of CRI or gRPC; `cri/` translates CRI calls into calls on it.
 
 pub mod digest;
+pub mod image;
 pub mod metadata;
 pub mod oci;
 
