@@ -164,7 +164,7 @@ fn parse_hosts_toml(file: &Path, text: &str, dir: &Path, domain: &str) -> Result
         for name in host_order(text, h) {
             let what = format!("host.{name:?}");
             let entry = h[&name].as_table().ok_or_else(|| bad(format!("{what} must be a table")))?;
-            let parsed = parse_entry(Some(&name), entry, dir, &what, false).map_err(bad)?;
+            let parsed = parse_entry(Some(&name), entry, dir, domain, &what).map_err(bad)?;
             hosts.push(parsed);
         }
     }
@@ -174,12 +174,9 @@ fn parse_hosts_toml(file: &Path, text: &str, dir: &Path, domain: &str) -> Result
         Some(Value::String(_)) => None,
         Some(_) => return Err(bad("\"server\" must be a string".into())),
     };
-    let mut root = parse_entry(server, &table, dir, "server", true).map_err(bad)?;
+    let mut root = parse_entry(server, &table, dir, domain, "server").map_err(bad)?;
     if server.is_none() {
-        let upstream = RegistryHost::upstream(domain);
-        root.scheme = upstream.scheme;
-        root.host = upstream.host;
-        root.path = upstream.path;
+        // The default upstream keeps every capability (containerd ignores them there too).
         root.capabilities = Capabilities::ALL;
     }
     hosts.push(root);
@@ -206,19 +203,21 @@ fn host_order(text: &str, hosts: &toml::Table) -> Vec<String> {
     names
 }
 
-/// One host entry (or the file's top level, `root`, whose URL is `server`).
+/// One `[host."<server>"]` entry, or the file's top level (`what` = "server") whose URL is the
+/// `server` key, or the default upstream of `domain` when that is absent.
 fn parse_entry(
     server: Option<&str>,
     t: &toml::Table,
     dir: &Path,
+    domain: &str,
     what: &str,
-    root: bool,
 ) -> std::result::Result<RegistryHost, String> {
+    let root = what == "server";
     let override_path = match t.get("override_path") {
         None => false,
         Some(v) => v.as_bool().ok_or_else(|| format!("{what}: override_path must be a boolean"))?,
     };
-    let mut host = RegistryHost::upstream("");
+    let mut host = RegistryHost::upstream(domain);
     if let Some(server) = server {
         (host.scheme, host.host, host.path) = parse_server(server, override_path)?;
     }

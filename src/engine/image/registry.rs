@@ -1074,6 +1074,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expired_tokens_are_renewed_up_front() {
+        let reg = FakeRegistry::start().await;
+        let img = push_image(&reg);
+        reg.state().auth = FakeAuth::Bearer { creds: None, refresh_token: None };
+        reg.state().token_expires_in = Some(1);
+        let s = Setup::new();
+        let f = s.registry(T).resolve(&reference(&reg, ":v1"), None).await.unwrap().fetcher;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        f.fetch_bytes(&img.config, MAX_MANIFEST_SIZE).await.unwrap();
+        let auths: Vec<Option<String>> =
+            reg.api_requests().iter().map(|r| r.authorization().map(str::to_string)).collect();
+        assert_eq!(auths, [None, Some("Bearer tok1".into()), Some("Bearer tok2".into())]);
+    }
+
+    #[tokio::test]
     async fn bearer_with_basic_credentials() {
         let reg = FakeRegistry::start().await;
         let img = push_image(&reg);
