@@ -4,6 +4,7 @@
 pub mod content;
 pub mod digest;
 pub mod gc;
+pub mod image;
 pub mod lease;
 pub mod metadata;
 pub mod oci;
