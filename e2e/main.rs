@@ -1,1 +1,22 @@
-//! End-to-end tests: real berthd, runc, CNI plugins and registry.
+//! End-to-end tests: a real berthd binary, real registries (Debian's docker-registry) and test images
+//! the suite builds itself from busybox-static. One scenario per file; the harness is in `harness/`.
+//! They need root and the tools `.ci/run` installs; each test starts its own berthd, and registries
+//! are shared per process only where tests just read from them.
+
+mod harness;
+
+mod image_auth;
+mod image_concurrent_pull;
+mod image_corrupt_blob;
+mod image_fs_info;
+mod image_hostile;
+mod image_mirror;
+mod image_multiarch;
+mod image_pull;
+mod image_pull_sigkill;
+mod image_remove;
+mod image_remove_space;
+mod image_restart;
+mod image_tls;
+mod image_user;
+mod image_zstd;
