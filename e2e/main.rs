@@ -2,6 +2,11 @@
 //! the suite builds itself from busybox-static. One scenario per file; the harness is in `harness/`.
 //! They need root and the tools `.ci/run` installs; each test starts its own berthd, and registries
 //! are shared per process only where tests just read from them.
+//!
+//! Run: `cargo test --test e2e` as root (`-- harness` for the harness's own tests only).
+//! `BERTH_E2E_LARGE_MIB` sets the size of `e2e/large:1` (default 300). Test images are cached in
+//! `<tmp>/berth-e2e-images/<key>/` (an OCI layout plus `catalog.json`); the berthd log of a failed
+//! test is printed and kept in `<tmp>/berth-e2e-failed/`.
 
 mod harness;
 
