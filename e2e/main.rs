@@ -1,1 +1,27 @@
-//! End-to-end tests: real berthd, runc, CNI plugins and registry.
+//! End-to-end tests: a real berthd binary, real registries (Debian's docker-registry) and test images
+//! the suite builds itself from busybox-static. One scenario per file; the harness is in `harness/`.
+//! They need root and the tools `.ci/run` installs; each test starts its own berthd, and registries
+//! are shared per process only where tests just read from them.
+//!
+//! Run: `cargo test --test e2e` as root (`-- harness` for the harness's own tests only).
+//! `BERTH_E2E_LARGE_MIB` sets the size of `e2e/large:1` (default 300). Test images are cached in
+//! `<tmp>/berth-e2e-images/<key>/` (an OCI layout plus `catalog.json`); the berthd log of a failed
+//! test is printed and kept in `<tmp>/berth-e2e-failed/`.
+
+mod harness;
+
+mod image_auth;
+mod image_concurrent_pull;
+mod image_corrupt_blob;
+mod image_fs_info;
+mod image_hostile;
+mod image_mirror;
+mod image_multiarch;
+mod image_pull;
+mod image_pull_sigkill;
+mod image_remove;
+mod image_remove_space;
+mod image_restart;
+mod image_tls;
+mod image_user;
+mod image_zstd;

@@ -1,0 +1,318 @@
+//! A real `berthd` process per test: its own root, state, socket and `certs.d` in a temp dir, its
+//! configuration written from berth's own [`Config`] type (so a test adjusts typed fields and the file
+//! always matches the schema), its output captured to a log that is printed (and kept in
+//! `<tmp>/berth-e2e-failed/`) when the test fails. Stopping it unmounts whatever is left under its
+//! directories before deleting them. This module must never touch paths outside its temp dir, and must
+//! never leave a berthd running after its [`Berthd`] is gone.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::config::Config;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::cri::Cri;
+use super::registry::Registry;
+
+/// How long berthd may take to accept on its socket after being spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long berthd may take to exit after SIGTERM (its drain grace is 10 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// berthd's command line for a configuration file: the one place that knows its flag names.
+fn berthd_args(config: &Path) -> Vec<OsString> {
+    vec!["--config".into(), config.into()]
+}
+
+/// A berthd under test.
+pub struct Berthd {
+    dir: PathBuf,
+    /// The configuration written before each start; adjust it before [`Berthd::start`].
+    pub config: Config,
+    binary: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Berthd {
+    /// A berthd that is not started yet, configured for a temp dir: `root`, `state`, the socket in
+    /// `state`, `certs.d` and a (missing) docker auth file of its own, a 1 min pull progress timeout,
+    /// and debug logs from berth itself.
+    pub fn new() -> Berthd {
+        super::require_prerequisites();
+        let dir = super::temp_dir("berth-e2e-");
+        let mut config = Config { root: dir.join("root"), state: dir.join("state"), ..Config::default() };
+        config.grpc.address = dir.join("state/berth.sock");
+        config.cri.registry.config_path = dir.join("certs.d");
+        config.cri.registry.auth_file = dir.join("docker-config.json");
+        config.cri.image_pull_progress_timeout = Duration::from_secs(60);
+        config.debug.level = "info,berth=debug".into();
+        let log = dir.join("berthd.log");
+        Berthd { dir, config, binary: env!("CARGO_BIN_EXE_berthd").into(), child: None, log, starts: 0 }
+    }
+
+    /// A berthd that trusts `registries` (see [`Berthd::trust`]), started.
+    pub fn started(registries: &[&Registry]) -> Berthd {
+        let mut b = Berthd::new();
+        for r in registries {
+            b.trust(r);
+        }
+        b.start();
+        b
+    }
+
+    /// berth's persistent root.
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// berth's state directory.
+    pub fn state(&self) -> &Path {
+        &self.config.state
+    }
+
+    /// The temp dir holding root, state, certs.d, the config file and the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.config.grpc.address
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Everything berthd wrote to stdout and stderr so far (all starts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes `<certs.d>/<host>/hosts.toml`.
+    pub fn write_hosts_toml(&self, host: &str, toml: &str) {
+        let dir = self.config.cri.registry.config_path.join(host);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let path = dir.join("hosts.toml");
+        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// Makes berth reach `registry` under its own name: its hosts.toml (scheme, and CA for TLS).
+    pub fn trust(&self, registry: &Registry) {
+        self.write_hosts_toml(&registry.host(), &registry.hosts_toml());
+    }
+
+    /// Writes the config file, spawns berthd and waits until its socket accepts; panics with the log if
+    /// it exits or does not accept within 30 s.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "berthd is already running");
+        let config_path = self.dir.join("config.toml");
+        std::fs::write(&config_path, self.config.dump())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
+        let _ = writeln!(log, "=== berth-e2e: start #{} of {} ===", self.starts, self.binary.display());
+        let stderr = log.try_clone().expect("cloning the log file handle");
+        let child = Command::new(&self.binary)
+            .args(berthd_args(&config_path))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                panic!("berthd exited ({status}) before accepting on its socket; log:\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "berthd did not accept on {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.socket().display(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A CRI client connected to this berthd.
+    pub async fn cri(&self) -> Cri {
+        Cri::connect(self.socket()).await.unwrap_or_else(|e| {
+            panic!("connecting to {}: {e}; log:\n{}", self.socket().display(), self.log())
+        })
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would; waits for the process to be gone.
+    pub fn kill9(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("berthd is not running");
+        child.kill().unwrap_or_else(|e| panic!("killing berthd: {e}"));
+        child.wait().unwrap_or_else(|e| panic!("waiting for berthd: {e}"))
+    }
+
+    /// SIGTERM and wait (at most 30 s, then SIGKILL and panic): a clean shutdown. Returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("berthd is not running");
+        match terminate(&mut child, STOP_TIMEOUT) {
+            Some(status) => status,
+            None => panic!("berthd did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}", self.log()),
+        }
+    }
+
+    /// Stops berthd (if running) and starts it again on the same directories and configuration.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(status.success(), "berthd exited with {status} on SIGTERM; log:\n{}", self.log());
+        }
+        self.start();
+    }
+}
+
+/// SIGTERM, then wait up to `timeout`; SIGKILL and `None` if it is still running then.
+fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && terminate(&mut child, Duration::from_secs(15)).is_none()
+        {
+            eprintln!("berth-e2e: berthd ignored SIGTERM for 15 s and was killed");
+        }
+        if std::thread::panicking() {
+            let failed = std::env::temp_dir().join("berth-e2e-failed");
+            let kept = failed
+                .join(format!("{}.log", self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("berthd")));
+            let _ = std::fs::create_dir_all(&failed).and_then(|_| std::fs::copy(&self.log, &kept));
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(300)..].join("\n");
+            eprintln!(
+                "---- berthd log (last 300 lines; whole log kept in {}) ----\n{tail}\n----",
+                kept.display()
+            );
+        }
+        let unmounted = super::fs::unmount_all_under(&self.dir);
+        if !unmounted.is_empty() {
+            eprintln!("berth-e2e: unmounted what berthd left mounted: {unmounted:?}");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("berth-e2e: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The signal that ended a process, if one did.
+pub fn killed_by(status: ExitStatus) -> Option<i32> {
+    status.signal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn berthd_starts_answers_cri_and_stops_cleanly() {
+        let mut b = Berthd::new();
+        b.start();
+        let written = std::fs::read_to_string(b.dir().join("config.toml")).unwrap();
+        assert_eq!(Config::parse(&written).unwrap(), b.config);
+        let mut cri = b.cri().await;
+        let version = cri.runtime.version(k8s_cri::v1::VersionRequest::default()).await.unwrap().into_inner();
+        assert_eq!(version.runtime_api_version, "v1");
+        drop(cri);
+        let status = b.stop();
+        assert!(status.success(), "{status}; log:\n{}", b.log());
+        assert!(b.log().contains("=== berth-e2e: start #1"), "{}", b.log());
+        assert!(b.pid().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn kill9_then_restart_serves_again_from_the_same_root() {
+        let mut b = Berthd::new();
+        b.start();
+        let first = b.pid().unwrap();
+        std::fs::write(b.root().join("survivor"), b"x").unwrap();
+        let status = b.kill9();
+        assert_eq!(killed_by(status), Some(9));
+        // The socket file is left behind by the crash; restart must not be fooled by it.
+        b.restart();
+        assert_ne!(b.pid(), Some(first));
+        assert!(b.root().join("survivor").exists());
+        let mut cri = b.cri().await;
+        cri.runtime.version(k8s_cri::v1::VersionRequest::default()).await.unwrap();
+        assert!(b.log().contains("=== berth-e2e: start #2"));
+    }
+
+    #[test]
+    fn drop_stops_berthd_unmounts_and_removes_everything() {
+        use nix::mount::{MsFlags, mount};
+        let mut b = Berthd::new();
+        b.start();
+        let pid = b.pid().unwrap();
+        let mnt = b.root().join("leftover-mount");
+        std::fs::create_dir_all(&mnt).unwrap();
+        mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+        let dir = b.dir().to_path_buf();
+        drop(b);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert!(super::super::fs::mounts_under(&dir).is_empty());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "berthd {pid} still running");
+    }
+
+    #[test]
+    fn start_failure_shows_berthds_own_error() {
+        let mut b = Berthd::new();
+        b.config.cri.max_concurrent_downloads = 0;
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.start())).unwrap_err();
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("exited"), "{msg}");
+        assert!(
+            msg.contains("max_concurrent_downloads"),
+            "berthd's error is not in the panic message: {msg}"
+        );
+    }
+
+    #[test]
+    fn hosts_toml_lands_in_the_configured_certs_dir() {
+        let b = Berthd::new();
+        b.write_hosts_toml("unreachable.invalid:5000", "server = \"http://x\"\n");
+        let path = b.config.cri.registry.config_path.join("unreachable.invalid:5000/hosts.toml");
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "server = \"http://x\"\n");
+        assert!(b.config.cri.registry.config_path.starts_with(b.dir()));
+    }
+}
