@@ -2,8 +2,10 @@
 //! collection. It knows nothing of CRI or gRPC; `cri/` translates CRI calls into calls on it.
 
 pub mod digest;
+pub mod image;
 pub mod metadata;
 pub mod oci;
+pub mod snapshot;
 
 /// Disk used by a store: allocated bytes (st_blocks × 512) and inodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,0 +1,4 @@
+//! Images: references, registry client, pull, unpack, import and export.
+
+pub mod apply;
+pub mod unpack;
