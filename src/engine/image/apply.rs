@@ -644,20 +644,15 @@ fn entry_what(raw: &[u8], what: &str) -> String {
     format!("layer entry {:?}: {what}", String::from_utf8_lossy(raw))
 }
 
+/// Tar streams for tests, with arbitrary (hostile) names that `tar::Builder` alone would refuse.
 #[cfg(test)]
-mod tests {
-    use std::fs;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    use std::path::PathBuf;
-
+pub(crate) mod test_tar {
     use tar::{EntryType, Header};
 
-    use super::*;
-
     /// Builds tar streams with arbitrary (hostile) names, which `tar::Builder` would refuse.
-    struct Layer(tar::Builder<Vec<u8>>);
+    pub(crate) struct Layer(tar::Builder<Vec<u8>>);
 
-    fn header(kind: EntryType, name: &[u8], size: u64) -> Header {
+    pub(crate) fn header(kind: EntryType, name: &[u8], size: u64) -> Header {
         let mut h = Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(size);
@@ -671,39 +666,39 @@ mod tests {
     }
 
     impl Layer {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Layer(tar::Builder::new(Vec::new()))
         }
-        fn add(&mut self, mut h: Header, data: &[u8]) -> &mut Self {
+        pub(crate) fn add(&mut self, mut h: Header, data: &[u8]) -> &mut Self {
             h.set_cksum();
             self.0.append(&h, data).unwrap();
             self
         }
-        fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        pub(crate) fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
             self.add(header(EntryType::Regular, name.as_bytes(), data.len() as u64), data)
         }
-        fn dir(&mut self, name: &str) -> &mut Self {
+        pub(crate) fn dir(&mut self, name: &str) -> &mut Self {
             self.add(header(EntryType::Directory, name.as_bytes(), 0), b"")
         }
-        fn link(&mut self, kind: EntryType, name: &str, target: &str) -> &mut Self {
+        pub(crate) fn link(&mut self, kind: EntryType, name: &str, target: &str) -> &mut Self {
             let mut h = header(kind, name.as_bytes(), 0);
             h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
             self.add(h, b"")
         }
-        fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        pub(crate) fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
             self.link(EntryType::Symlink, name, target)
         }
-        fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        pub(crate) fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
             self.link(EntryType::Link, name, target)
         }
-        fn device(&mut self, kind: EntryType, name: &str, major: u32, minor: u32) -> &mut Self {
+        pub(crate) fn device(&mut self, kind: EntryType, name: &str, major: u32, minor: u32) -> &mut Self {
             let mut h = header(kind, name.as_bytes(), 0);
             h.set_device_major(major).unwrap();
             h.set_device_minor(minor).unwrap();
             self.add(h, b"")
         }
         /// A PAX extended header describing the next entry.
-        fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        pub(crate) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
             let mut data = Vec::new();
             for (k, v) in records {
                 let body = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
@@ -717,12 +712,24 @@ mod tests {
             }
             self.add(header(EntryType::XHeader, b"PaxHeader", data.len() as u64), &data)
         }
-        fn bytes(&mut self) -> Vec<u8> {
+        pub(crate) fn bytes(&mut self) -> Vec<u8> {
             let mut b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
             b.finish().unwrap();
             b.into_inner().unwrap()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    use tar::EntryType;
+
+    use super::test_tar::{Layer, header};
+    use super::*;
 
     /// A target directory `<tmp>/l1/l2/root` and an `<tmp>/outside` directory holding `secret`.
     /// The root is deep so that even a broken applier following `../../..` stays in the temp dir.

@@ -502,4 +502,358 @@ pub fn unmount(target: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        dir: PathBuf,
+        db: Arc<Db>,
+        snaps: Snapshots,
+    }
+
+    fn open(kind: SnapshotterKind) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&tmp.path().join("meta.redb")).unwrap());
+        let dir = tmp.path().join("snapshotter");
+        let snaps = Snapshots::open(&dir, kind, db.clone()).unwrap();
+        // The suite must really exercise the backend it is named after.
+        assert_eq!(snaps.name(), kind.as_str());
+        Fixture { tmp, dir, db, snaps }
+    }
+
+    impl Fixture {
+        fn reopen(&mut self, kind: SnapshotterKind) {
+            self.snaps = Snapshots::open(&self.dir, kind, self.db.clone()).unwrap();
+        }
+        fn id(&self, key: &str) -> String {
+            self.db.read(|tx| tx.get(&SNAPSHOTS, key)).unwrap().unwrap().id
+        }
+        fn ids_on_disk(&self) -> Vec<String> {
+            let mut ids = list_ids(&self.dir.join("snapshots")).unwrap();
+            ids.sort();
+            ids
+        }
+        /// Writes files and whiteouts into the active snapshot `key` as a layer would.
+        fn write(&self, key: &str, files: &[(&str, &str)], whiteouts: &[&str]) {
+            let (root, mode) = self.snaps.apply_target(key).unwrap();
+            for (path, content) in files {
+                let p = root.join(path);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, content).unwrap();
+            }
+            for path in whiteouts {
+                let p = root.join(path);
+                match mode {
+                    WhiteoutMode::Overlay => {
+                        fs::create_dir_all(p.parent().unwrap()).unwrap();
+                        let (ft, m) = (rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty());
+                        rustix::fs::mknodat(rustix::fs::CWD, &p, ft, m, 0).unwrap();
+                    }
+                    WhiteoutMode::Delete => fs::remove_file(p).unwrap(),
+                }
+            }
+        }
+        fn layer(&self, name: &str, parent: Option<&str>, files: &[(&str, &str)], whiteouts: &[&str]) {
+            let key = format!("building-{name}");
+            self.snaps.prepare(&key, parent, Labels::new()).unwrap();
+            self.write(&key, files, whiteouts);
+            self.snaps.commit(name, &key, Labels::new()).unwrap();
+        }
+        fn mount(&self, mounts: &[Mount], name: &str) -> Mounted {
+            let target = self.tmp.path().join(name);
+            fs::create_dir_all(&target).unwrap();
+            mount_all(mounts, &target).unwrap();
+            Mounted(target)
+        }
+    }
+
+    /// Unmounts on drop, so that a failed assertion leaves no mount behind.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            if let Err(e) = unmount(&self.0) {
+                eprintln!("{e}");
+            }
+        }
+    }
+
+    fn kind_of(r: Result<impl std::fmt::Debug>) -> ErrorKind {
+        r.expect_err("should fail").kind()
+    }
+
+    fn rules(kind: SnapshotterKind) {
+        let f = open(kind);
+        let s = &f.snaps;
+        assert!(!s.prepare("a", None, Labels::new()).unwrap().is_empty());
+        assert_eq!(kind_of(s.prepare("a", None, Labels::new())), ErrorKind::AlreadyExists);
+        assert_eq!(kind_of(s.prepare("b", Some("nope"), Labels::new())), ErrorKind::NotFound);
+        assert_eq!(kind_of(s.prepare("b", Some("a"), Labels::new())), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.view("v0", Some("a"), Labels::new())), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.stat("b")), ErrorKind::NotFound);
+
+        s.commit("l1", "a", Labels::new()).unwrap();
+        assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
+        let l1 = s.stat("l1").unwrap();
+        assert_eq!((l1.kind, l1.parent.as_deref()), (SnapshotKind::Committed, None));
+        assert!(l1.created_at > 0);
+        assert_eq!(kind_of(s.commit("x", "l1", Labels::new())), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.commit("x", "missing", Labels::new())), ErrorKind::NotFound);
+
+        let mounts = s.prepare("c", Some("l1"), Labels::new()).unwrap();
+        assert_eq!(kind_of(s.commit("l1", "c", Labels::new())), ErrorKind::AlreadyExists);
+        assert_eq!(s.stat("c").unwrap().kind, SnapshotKind::Active);
+        assert_eq!(s.mounts("c").unwrap(), mounts);
+        assert!(s.apply_target("c").is_ok());
+
+        let labels: Labels = [("k".to_string(), "v".to_string())].into();
+        s.view("v", Some("l1"), labels.clone()).unwrap();
+        let v = s.stat("v").unwrap();
+        assert_eq!((v.kind, v.parent.as_deref(), &v.labels), (SnapshotKind::View, Some("l1"), &labels));
+        assert_eq!(kind_of(s.apply_target("v")), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.apply_target("l1")), ErrorKind::FailedPrecondition);
+        assert_eq!(kind_of(s.mounts("l1")), ErrorKind::FailedPrecondition);
+        let keys: Vec<_> = s.list().unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["c", "l1", "v"]);
+
+        assert_eq!(kind_of(s.remove("l1")), ErrorKind::FailedPrecondition);
+        s.remove("c").unwrap();
+        assert_eq!(kind_of(s.remove("l1")), ErrorKind::FailedPrecondition);
+        s.remove("v").unwrap();
+        s.remove("l1").unwrap();
+        assert_eq!(kind_of(s.remove("l1")), ErrorKind::NotFound);
+        assert!(s.list().unwrap().is_empty());
+        assert!(f.ids_on_disk().is_empty());
+    }
+
+    fn chains_mount_merged(kind: SnapshotterKind) {
+        let f = open(kind);
+        let s = &f.snaps;
+        f.layer("l1", None, &[("a", "1"), ("d/x", "x"), ("d/keep", "k")], &[]);
+        f.layer("l2", Some("l1"), &[("b", "2"), ("d/x2", "x2")], &["a"]);
+        f.layer("l3", Some("l2"), &[("c", "3")], &["d/x"]);
+        let mounts = s.prepare("ctr", Some("l3"), Labels::new()).unwrap();
+        {
+            let m = f.mount(&mounts, "mnt");
+            let read = |p: &str| fs::read_to_string(m.0.join(p)).ok();
+            assert_eq!(read("a"), None, "whiteout of a is effective");
+            assert_eq!(read("d/x"), None, "whiteout of d/x is effective");
+            assert_eq!(read("b").as_deref(), Some("2"));
+            assert_eq!(read("c").as_deref(), Some("3"));
+            assert_eq!(read("d/keep").as_deref(), Some("k"));
+            assert_eq!(read("d/x2").as_deref(), Some("x2"));
+            fs::write(m.0.join("new"), "new").unwrap();
+            fs::remove_file(m.0.join("b")).unwrap();
+        }
+        let (root, _) = s.apply_target("ctr").unwrap();
+        assert!(root.join("new").exists(), "writes land in the active snapshot");
+        // The committed layers are untouched by the container's writes.
+        s.view("v1", Some("l1"), Labels::new()).unwrap();
+        let m = f.mount(&s.mounts("v1").unwrap(), "v1");
+        assert_eq!(fs::read_to_string(m.0.join("a")).unwrap(), "1");
+        assert!(m.0.join("d/x").exists() && !m.0.join("new").exists());
+        drop(m);
+        s.view("v2", Some("l2"), Labels::new()).unwrap();
+        let m = f.mount(&s.mounts("v2").unwrap(), "v2");
+        assert_eq!(fs::read_to_string(m.0.join("b")).unwrap(), "2");
+    }
+
+    fn views_are_read_only(kind: SnapshotterKind) {
+        let f = open(kind);
+        let s = &f.snaps;
+        f.layer("l1", None, &[("a", "1")], &[]);
+        f.layer("l2", Some("l1"), &[("b", "2")], &[]);
+        for (view, parent) in [("one", "l1"), ("two", "l2")] {
+            let m = f.mount(&s.view(view, Some(parent), Labels::new()).unwrap(), view);
+            assert_eq!(fs::read_to_string(m.0.join("a")).unwrap(), "1");
+            let err = fs::write(m.0.join("w"), "w").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{view}: {err}");
+        }
+    }
+
+    fn crash_leftovers_are_removed(kind: SnapshotterKind) {
+        let mut f = open(kind);
+        f.layer("l1", None, &[("a", "1")], &[]);
+        f.snaps.prepare("ctr", Some("l1"), Labels::new()).unwrap();
+        f.write("ctr", &[("mine", "m")], &[]);
+        f.snaps.prepare("extract-1234-abcd", Some("l1"), Labels::new()).unwrap();
+        let extract_id = f.id("extract-1234-abcd");
+        fs::create_dir_all(f.dir.join("snapshots/999/fs")).unwrap();
+        f.reopen(kind);
+        assert_eq!(kind_of(f.snaps.stat("extract-1234-abcd")), ErrorKind::NotFound);
+        let mut live = vec![f.id("l1"), f.id("ctr")];
+        live.sort();
+        assert_eq!(f.ids_on_disk(), live, "extract {extract_id} and orphan 999 removed");
+        // Ids keep growing past what exists, so a new snapshot never lands in a used directory.
+        f.snaps.prepare("next", Some("l1"), Labels::new()).unwrap();
+        assert!(!live.contains(&f.id("next")));
+        let (root, _) = f.snaps.apply_target("ctr").unwrap();
+        assert_eq!(fs::read_to_string(root.join("mine")).unwrap(), "m");
+    }
+
+    fn usage_is_counted(kind: SnapshotterKind) {
+        let f = open(kind);
+        let data = "x".repeat(64 * 1024);
+        f.layer("l1", None, &[("a", &data), ("b", &data)], &[]);
+        let one = f.snaps.usage("l1").unwrap();
+        assert!(one.bytes >= 2 * 64 * 1024 && one.inodes >= 3, "{one:?}");
+        f.snaps.prepare("ctr", Some("l1"), Labels::new()).unwrap();
+        let (root, _) = f.snaps.apply_target("ctr").unwrap();
+        fs::write(root.join("c"), &data).unwrap();
+        fs::hard_link(root.join("c"), root.join("c2")).unwrap();
+        let ctr = f.snaps.usage("ctr").unwrap();
+        assert_eq!(f.snaps.total_usage().unwrap(), one + ctr);
+        fs::remove_file(root.join("c2")).unwrap();
+        assert_eq!(f.snaps.usage("ctr").unwrap().inodes, ctr.inodes, "a hard link is one inode");
+        assert_eq!(kind_of(f.snaps.usage("nope")), ErrorKind::NotFound);
+    }
+
+    macro_rules! both_backends {
+        ($($name:ident),*) => {
+            mod overlayfs {
+                $( #[test] fn $name() { super::$name(crate::config::SnapshotterKind::Overlayfs) } )*
+            }
+            mod native {
+                $( #[test] fn $name() { super::$name(crate::config::SnapshotterKind::Native) } )*
+            }
+        };
+    }
+
+    both_backends!(
+        rules,
+        chains_mount_merged,
+        views_are_read_only,
+        crash_leftovers_are_removed,
+        usage_is_counted
+    );
+
+    #[test]
+    fn overlay_mounts_have_containerd_shapes() {
+        let f = open(SnapshotterKind::Overlayfs);
+        let s = &f.snaps;
+        let fs_of = |key: &str| f.dir.join("snapshots").join(f.id(key)).join("fs").display().to_string();
+        let solo = s.prepare("solo", None, Labels::new()).unwrap();
+        assert_eq!(
+            solo,
+            [Mount {
+                kind: "bind".into(),
+                source: fs_of("solo"),
+                options: vec!["rbind".into(), "rw".into()]
+            }]
+        );
+        f.snaps.remove("solo").unwrap();
+        f.layer("l1", None, &[("a", "1")], &[]);
+        f.layer("l2", Some("l1"), &[("b", "2")], &[]);
+        let view = s.view("v1", Some("l1"), Labels::new()).unwrap();
+        assert_eq!(
+            view,
+            [Mount { kind: "bind".into(), source: fs_of("l1"), options: vec!["rbind".into(), "ro".into()] }]
+        );
+        let view = s.view("v2", Some("l2"), Labels::new()).unwrap();
+        assert_eq!(view[0].kind, "overlay");
+        let lower = format!("lowerdir={}:{}", fs_of("l2"), fs_of("l1"));
+        assert!(view[0].options.contains(&lower), "nearest parent first: {view:?}");
+        assert!(!view[0].options.iter().any(|o| o.starts_with("upperdir=")));
+        let active = s.prepare("ctr", Some("l2"), Labels::new()).unwrap();
+        assert!(active[0].options.contains(&lower));
+        assert!(active[0].options.contains(&format!("upperdir={}", fs_of("ctr"))));
+    }
+
+    #[test]
+    fn native_snapshots_copy_their_parent_faithfully() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let f = open(SnapshotterKind::Native);
+        f.snaps.prepare("a", None, Labels::new()).unwrap();
+        let (root, _) = f.snaps.apply_target("a").unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), "f").unwrap();
+        std::os::unix::fs::lchown(root.join("d/f"), Some(1000), Some(1001)).unwrap();
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o4750)).unwrap();
+        fs::hard_link(root.join("d/f"), root.join("hl")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", root.join("sym")).unwrap();
+        let fifo = rustix::fs::FileType::Fifo;
+        rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), fifo, rustix::fs::Mode::empty(), 0).unwrap();
+        rustix::fs::lsetxattr(root.join("d/f"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+        let t = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 5 };
+        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+        rustix::fs::utimensat(rustix::fs::CWD, root.join("d"), &times, rustix::fs::AtFlags::empty()).unwrap();
+        f.snaps.commit("l1", "a", Labels::new()).unwrap();
+
+        f.snaps.prepare("b", Some("l1"), Labels::new()).unwrap();
+        let (copy, _) = f.snaps.apply_target("b").unwrap();
+        let m = fs::symlink_metadata(copy.join("d/f")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.nlink()), (0o4750, 1000, 1001, 2));
+        assert_eq!(fs::symlink_metadata(copy.join("hl")).unwrap().ino(), m.ino());
+        assert_eq!(fs::read_link(copy.join("sym")).unwrap(), Path::new("/nowhere"));
+        assert!(fs::symlink_metadata(copy.join("fifo")).unwrap().file_type().is_fifo());
+        let mut buf = [0u8; 4];
+        let n = rustix::fs::lgetxattr(copy.join("d/f"), "user.k", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"v");
+        let d = fs::symlink_metadata(copy.join("d")).unwrap();
+        assert_eq!((d.mtime(), d.mtime_nsec()), (1_000_000_000, 5));
+        // A copy, not shared: writes to the child leave the parent alone.
+        fs::write(copy.join("d/f"), "changed").unwrap();
+        assert_eq!(fs::read_to_string(root.join("d/f")).unwrap(), "f");
+    }
+
+    #[test]
+    fn switching_backend_with_snapshots_present_is_refused() {
+        let mut f = open(SnapshotterKind::Overlayfs);
+        f.layer("l1", None, &[("a", "1")], &[]);
+        let err = Snapshots::open(&f.dir, SnapshotterKind::Native, f.db.clone()).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        f.snaps.remove("l1").unwrap();
+        f.reopen(SnapshotterKind::Native);
+        assert_eq!(f.snaps.name(), "native");
+    }
+
+    /// A backend whose `create` fails after leaving a directory behind.
+    struct FailingBackend {
+        inner: NativeBackend,
+        removed: Mutex<Vec<String>>,
+    }
+
+    impl Backend for FailingBackend {
+        fn name(&self) -> &'static str {
+            "native"
+        }
+        fn create(&self, id: &str, parent_ids: &[String]) -> Result<()> {
+            self.inner.create(id, parent_ids)?;
+            Err(Error::internal("disk full"))
+        }
+        fn mounts(&self, id: &str, parent_ids: &[String], kind: SnapshotKind) -> Vec<Mount> {
+            self.inner.mounts(id, parent_ids, kind)
+        }
+        fn apply_target(&self, id: &str) -> (PathBuf, WhiteoutMode) {
+            self.inner.apply_target(id)
+        }
+        fn remove(&self, id: &str) -> Result<()> {
+            self.removed.lock().unwrap().push(id.to_string());
+            self.inner.remove(id)
+        }
+        fn usage(&self, id: &str) -> Result<Usage> {
+            self.inner.usage(id)
+        }
+        fn ids_on_disk(&self) -> Result<Vec<String>> {
+            self.inner.ids_on_disk()
+        }
+    }
+
+    #[test]
+    fn a_failed_create_leaves_neither_record_nor_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&tmp.path().join("meta.redb")).unwrap());
+        let dir = tmp.path().join("snapshotter");
+        fs::create_dir_all(dir.join("snapshots")).unwrap();
+        let backend = FailingBackend { inner: NativeBackend::new(&dir), removed: Mutex::new(Vec::new()) };
+        let s = Snapshots::with_backend(&dir, Box::new(backend), db).unwrap();
+        let err = s.prepare("a", None, Labels::new()).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(kind_of(s.stat("a")), ErrorKind::NotFound);
+        assert!(list_ids(&dir.join("snapshots")).unwrap().is_empty());
+    }
+}
