@@ -2,6 +2,7 @@
 //! containerd-like engine (`engine`), pod networking (`network`) and a per-pod shim. The binaries in
 //! `src/bin` only parse arguments and call into this library.
 
+pub mod admin;
 pub mod config;
 pub mod cri;
 pub mod engine;

@@ -13,8 +13,10 @@ use anyhow::{Context as _, Result, bail};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::admin::AdminService;
 use crate::config::Config;
 use crate::cri;
+use crate::engine::{Engine, EngineOptions};
 
 /// How long in-flight calls may run after a shutdown signal before berthd exits anyway.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -81,7 +83,10 @@ pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
 /// Everything berthd serves, built from the configuration.
 pub struct Daemon {
     pub config: Arc<Config>,
+    pub engine: Arc<Engine>,
     runtime: cri::runtime::RuntimeService,
+    images: cri::image::ImageService,
+    admin: AdminService,
 }
 
 impl Daemon {
@@ -93,8 +98,19 @@ impl Daemon {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .with_context(|| format!("chmod {}", dir.display()))?;
         }
+        let engine = Engine::open(EngineOptions::from_config(&config)).context("opening the engine")?;
+        // Whatever a crash left behind (expired leases, orphaned snapshots and blobs) goes now,
+        // without delaying the socket.
+        let e = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = e.gc(Default::default()).await {
+                tracing::warn!(error = %e, "startup garbage collection");
+            }
+        });
         let runtime = cri::runtime::RuntimeService::new(config.clone());
-        Ok(Daemon { config, runtime })
+        let images = cri::image::ImageService::new(engine.clone(), &config);
+        let admin = AdminService::new(engine.clone());
+        Ok(Daemon { config, engine, runtime, images, admin })
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls for at most
@@ -104,10 +120,18 @@ impl Daemon {
         listener: UnixListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        use crate::admin::proto::berth_server::BerthServer;
+        use cri::api::image_service_server::ImageServiceServer;
         use cri::api::runtime_service_server::RuntimeServiceServer;
         let max_recv = self.config.grpc.max_recv_message_size;
         let max_send = self.config.grpc.max_send_message_size;
         let runtime = RuntimeServiceServer::new(self.runtime)
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(max_send);
+        let images = ImageServiceServer::new(self.images)
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(max_send);
+        let admin = BerthServer::new(self.admin)
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(max_send);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -117,12 +141,13 @@ impl Daemon {
             let _ = signalled_tx.send(());
             let _ = stop_tx.send(());
         });
-        let server = tonic::transport::Server::builder().add_service(runtime).serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            async {
+        let server = tonic::transport::Server::builder()
+            .add_service(runtime)
+            .add_service(images)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 let _ = stop_rx.await;
-            },
-        );
+            });
         let mut server = Box::pin(server);
         tokio::select! {
             r = &mut server => return r.context("serving grpc"),

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 pub use k8s_cri::v1 as api;
 
+pub mod image;
 pub mod runtime;
 pub mod status;
 
