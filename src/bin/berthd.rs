@@ -94,9 +94,11 @@ fn run(cli: Cli) -> Result<()> {
         std::fs::create_dir_all(&config.root)
             .with_context(|| format!("creating {}", config.root.display()))?;
         let _lock = berth::server::RootLock::acquire(&config.lock_path())?;
-        let listener = berth::server::bind_socket(&config.grpc.address, config.grpc.uid, config.grpc.gid)?;
         let socket = config.grpc.address.clone();
+        let (uid, gid) = (config.grpc.uid, config.grpc.gid);
+        // The socket appears only once every component is ready: a client that can connect can be served.
         let daemon = berth::server::Daemon::build(config).await?;
+        let listener = berth::server::bind_socket(&socket, uid, gid)?;
         tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving");
         let r = daemon.serve(listener, berth::server::shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);

@@ -87,7 +87,29 @@ fn db_err(what: &'static str) -> impl FnOnce() -> String {
 
 impl Db {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// A new database is built under a temporary name and renamed into place once initialised, so a
+    /// crash during the very first start never leaves a half-written file that could not be opened.
     pub fn open(path: &Path) -> Result<Db> {
+        if !path.exists() {
+            let tmp = path.with_extension("redb.new");
+            let _ = std::fs::remove_file(&tmp);
+            drop(Self::open_existing(&tmp)?);
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .context(|| format!("syncing new metadata database {}", tmp.display()))?;
+            std::fs::rename(&tmp, path)
+                .context(|| format!("installing metadata database {}", path.display()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .context(|| format!("syncing {}", dir.display()))?;
+            }
+        }
+        Self::open_existing(path)
+    }
+
+    fn open_existing(path: &Path) -> Result<Db> {
         let inner = redb::Builder::new()
             .set_cache_size(4 << 20)
             .create(path)
@@ -309,6 +331,17 @@ mod tests {
         }
         let err = Db::open(&path).err().expect("refused");
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_leftover_half_created_database_does_not_block_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        // What a crash during the first creation leaves: only the temporary file, with garbage in it.
+        std::fs::write(path.with_extension("redb.new"), b"partial").unwrap();
+        let db = Db::open(&path).unwrap();
+        db.write(|tx| tx.put(&THINGS, "a", &Thing { n: 1 })).unwrap();
+        assert!(!path.with_extension("redb.new").exists());
     }
 
     #[test]
