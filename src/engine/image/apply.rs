@@ -24,7 +24,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::engine::snapshot::WhiteoutMode;
+use crate::engine::snapshot::{WhiteoutMode, remove_all_at};
 use crate::error::{Context, Error, ErrorKind, Result};
 
 /// What [`apply_tar`] wrote.
@@ -464,33 +464,6 @@ fn is_dir_at(dirfd: BorrowedFd<'_>, name: &CString, ft: FileType) -> io::Result<
     }
     let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-}
-
-/// Removes `name` in `dirfd`, recursively for a directory, never following symlinks.
-fn remove_all_at(dirfd: BorrowedFd<'_>, name: &CString) -> io::Result<()> {
-    match rustix::fs::unlinkat(dirfd, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
-    let mut names = Vec::new();
-    let mut dir = Dir::read_from(&fd)?;
-    while let Some(entry) = dir.read() {
-        let entry = entry?;
-        let n = entry.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            names.push(n.to_owned());
-        }
-    }
-    for n in names {
-        remove_all_at(fd.as_fd(), &n)?;
-    }
-    match rustix::fs::unlinkat(dirfd, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Owner, mode, xattrs through an open file descriptor (never follows anything).
