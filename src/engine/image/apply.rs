@@ -248,7 +248,7 @@ impl Applier {
         match make(dirfd, name) {
             Ok(v) => return Ok(Some(v)),
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(e).context(|| entry_what(raw, "creating")),
+            Err(e) => return Err(create_error(raw, e)),
         }
         let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
             .context(|| entry_what(raw, "looking up existing path"))?;
@@ -257,7 +257,7 @@ impl Applier {
             return Ok(None);
         }
         self.remove_at(raw, dirfd, name)?;
-        make(dirfd, name).map(Some).context(|| entry_what(raw, "creating"))
+        make(dirfd, name).map(Some).map_err(|e| create_error(raw, e))
     }
 
     /// Removes `name` in `dirfd` (recursively if a directory); absent is fine.
@@ -415,6 +415,17 @@ fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlags) -> rustix::io::Result
             Err(Errno::AGAIN) if tries < 8 => tries += 1,
             other => return other,
         }
+    }
+}
+
+/// What the entry itself makes impossible (an empty symlink target, a name too long, too many
+/// links to one file…) is the layer's fault.
+fn create_error(raw: &[u8], e: Errno) -> Error {
+    match e {
+        Errno::NOENT | Errno::NAMETOOLONG | Errno::INVAL | Errno::XDEV | Errno::PERM | Errno::MLINK => {
+            Error::with_source(ErrorKind::InvalidArgument, entry_what(raw, "creating"), e)
+        }
+        e => Error::with_source(ErrorKind::Internal, entry_what(raw, "creating"), e),
     }
 }
 
@@ -930,6 +941,16 @@ mod tests {
         let mut layer = Layer::new();
         layer.add(header(EntryType::new(b'V'), b"volume", 0), b"");
         assert_refused(env.apply(&mut layer, WhiteoutMode::Delete), "volume");
+    }
+
+    #[test]
+    fn impossible_entries_are_invalid() {
+        let env = setup();
+        assert_refused(env.apply(Layer::new().symlink("empty", ""), WhiteoutMode::Delete), "empty");
+        let long = "n".repeat(300);
+        let mut layer = Layer::new();
+        layer.pax(&[("path", long.as_bytes())]).file("x", b"");
+        assert_refused(env.apply(&mut layer, WhiteoutMode::Delete), "nnnn");
     }
 
     #[test]

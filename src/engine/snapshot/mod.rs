@@ -47,8 +47,11 @@ const BACKEND_MARKER: &str = "snapshotter";
 /// are mount(8)-style (`rbind`, `ro`, `lowerdir=…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// The filesystem type: `"overlay"` or `"bind"`.
     pub kind: String,
+    /// What to mount: a directory for `bind`, `"overlay"` for overlay.
     pub source: String,
+    /// Flags (`rbind`, `ro`, `rw`, …) and filesystem data (`lowerdir=…`, …).
     pub options: Vec<String>,
 }
 
@@ -84,8 +87,10 @@ pub trait Backend: Send + Sync {
 /// What a caller sees of a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotInfo {
+    /// The key (for committed layers, the chain ID).
     pub key: String,
     pub kind: SnapshotKind,
+    /// The key of the committed snapshot this one is based on.
     pub parent: Option<String>,
     pub labels: Labels,
     /// Unix nanoseconds.
