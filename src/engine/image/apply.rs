@@ -153,7 +153,7 @@ impl Applier {
         };
         let meta = metadata(entry, &raw)?;
 
-        let dirfd = self.parent_dir(&raw, parent, true)?.expect("created when missing");
+        let dirfd = self.parent_dir_created(&raw, parent)?;
         let dirfd = dirfd.as_fd();
         let name = cstr(&raw, base)?;
         match kind {
@@ -286,6 +286,12 @@ impl Applier {
         Ok(Some(fd))
     }
 
+    /// [`Self::parent_dir`], creating what is missing.
+    fn parent_dir_created(&mut self, raw: &[u8], rel: &[u8]) -> Result<Rc<OwnedFd>> {
+        self.parent_dir(raw, rel, true)?
+            .ok_or_else(|| Error::internal(entry_what(raw, "parent directory missing after creation")))
+    }
+
     /// Creates the missing directories of `rel` (mode 0755, like containerd), one component at a
     /// time, each resolved beneath the root.
     fn make_parents(&mut self, raw: &[u8], rel: &[u8]) -> Result<OwnedFd> {
@@ -301,12 +307,15 @@ impl Applier {
                 Err(Errno::NOENT) => {
                     let name = cstr(raw, comp)?;
                     match rustix::fs::mkdirat(&cur, &name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(e).context(|| entry_what(raw, "creating parent directory")),
+                        // mkdir's mode passed through the umask; `name` is the directory just made.
+                        Ok(()) => {
+                            rustix::fs::chmodat(&cur, &name, Mode::from_raw_mode(0o755), AtFlags::empty())
+                                .context(|| entry_what(raw, "creating parent directory"))?
+                        }
+                        // A dangling symlink: the open below refuses it.
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(create_error(raw, e)),
                     }
-                    // mkdir's mode passed through the umask.
-                    rustix::fs::chmodat(&cur, &name, Mode::from_raw_mode(0o755), AtFlags::empty())
-                        .context(|| entry_what(raw, "creating parent directory"))?;
                     cur = open_beneath(&self.root, prefix, OFlags::PATH | OFlags::DIRECTORY)
                         .map_err(|e| resolve_error(raw, e))?;
                 }
@@ -360,7 +369,7 @@ impl Applier {
         let name = cstr(raw, name)?;
         match self.mode {
             WhiteoutMode::Overlay => {
-                let dirfd = self.parent_dir(raw, parent, true)?.expect("created when missing");
+                let dirfd = self.parent_dir_created(raw, parent)?;
                 let dev = rustix::fs::makedev(0, 0);
                 self.create(raw, dirfd.as_fd(), &name, false, |d, n| {
                     rustix::fs::mknodat(d, n, FileType::CharacterDevice, Mode::empty(), dev)
@@ -433,6 +442,7 @@ fn resolve_error(raw: &[u8], e: Errno) -> Error {
     match e {
         Errno::XDEV | Errno::LOOP => invalid(raw, "path escapes the target through a symlink"),
         Errno::NOTDIR => invalid(raw, "a parent of the path is not a directory"),
+        Errno::NOENT => invalid(raw, "a parent of the path is a dangling symlink"),
         Errno::NAMETOOLONG => invalid(raw, "path too long"),
         Errno::INVAL => invalid(raw, "invalid path"),
         e => Error::with_source(ErrorKind::Internal, entry_what(raw, "resolving path"), e),
@@ -830,6 +840,19 @@ mod tests {
         );
         assert_refused(r, "a/x");
         env.assert_outside_untouched();
+    }
+
+    #[test]
+    fn dangling_symlinks_are_not_parents() {
+        for target in ["missing/dir", "x/../../../../outside"] {
+            let env = setup();
+            let r =
+                env.apply(Layer::new().symlink("dang", target).file("dang/f", b"f"), WhiteoutMode::Delete);
+            assert_refused(r, "dang/f");
+            assert!(fs::symlink_metadata(env.root.join("dang")).unwrap().file_type().is_symlink());
+            assert!(!env.root.join("missing").exists());
+            env.assert_outside_untouched();
+        }
     }
 
     #[test]
