@@ -8,8 +8,8 @@
 //! deleted before its directory is removed, so a crash leaves at worst an orphan directory or an
 //! unfinished `extract-` snapshot, both removed by [`Snapshots::open`].
 //!
-//! This module must never mount anything itself on behalf of callers except through
-//! [`mount_all`], and must never follow symbolic links found inside snapshot trees.
+//! This module must never follow symbolic links found inside snapshot trees, and mounts nothing
+//! except in [`mount_all`] (called by whoever needs a snapshot mounted) and the overlay support check.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
