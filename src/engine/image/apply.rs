@@ -24,7 +24,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::engine::snapshot::WhiteoutMode;
+use crate::engine::snapshot::{WhiteoutMode, remove_all_at};
 use crate::error::{Context, Error, ErrorKind, Result};
 
 /// What [`apply_tar`] wrote.
@@ -153,7 +153,7 @@ impl Applier {
         };
         let meta = metadata(entry, &raw)?;
 
-        let dirfd = self.parent_dir(&raw, parent, true)?.expect("created when missing");
+        let dirfd = self.parent_dir_created(&raw, parent)?;
         let dirfd = dirfd.as_fd();
         let name = cstr(&raw, base)?;
         match kind {
@@ -248,7 +248,7 @@ impl Applier {
         match make(dirfd, name) {
             Ok(v) => return Ok(Some(v)),
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(e).context(|| entry_what(raw, "creating")),
+            Err(e) => return Err(create_error(raw, e)),
         }
         let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
             .context(|| entry_what(raw, "looking up existing path"))?;
@@ -257,7 +257,7 @@ impl Applier {
             return Ok(None);
         }
         self.remove_at(raw, dirfd, name)?;
-        make(dirfd, name).map(Some).context(|| entry_what(raw, "creating"))
+        make(dirfd, name).map(Some).map_err(|e| create_error(raw, e))
     }
 
     /// Removes `name` in `dirfd` (recursively if a directory); absent is fine.
@@ -286,6 +286,12 @@ impl Applier {
         Ok(Some(fd))
     }
 
+    /// [`Self::parent_dir`], creating what is missing.
+    fn parent_dir_created(&mut self, raw: &[u8], rel: &[u8]) -> Result<Rc<OwnedFd>> {
+        self.parent_dir(raw, rel, true)?
+            .ok_or_else(|| Error::internal(entry_what(raw, "parent directory missing after creation")))
+    }
+
     /// Creates the missing directories of `rel` (mode 0755, like containerd), one component at a
     /// time, each resolved beneath the root.
     fn make_parents(&mut self, raw: &[u8], rel: &[u8]) -> Result<OwnedFd> {
@@ -301,12 +307,15 @@ impl Applier {
                 Err(Errno::NOENT) => {
                     let name = cstr(raw, comp)?;
                     match rustix::fs::mkdirat(&cur, &name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(e).context(|| entry_what(raw, "creating parent directory")),
+                        // mkdir's mode passed through the umask; `name` is the directory just made.
+                        Ok(()) => {
+                            rustix::fs::chmodat(&cur, &name, Mode::from_raw_mode(0o755), AtFlags::empty())
+                                .context(|| entry_what(raw, "creating parent directory"))?
+                        }
+                        // A dangling symlink: the open below refuses it.
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(create_error(raw, e)),
                     }
-                    // mkdir's mode passed through the umask.
-                    rustix::fs::chmodat(&cur, &name, Mode::from_raw_mode(0o755), AtFlags::empty())
-                        .context(|| entry_what(raw, "creating parent directory"))?;
                     cur = open_beneath(&self.root, prefix, OFlags::PATH | OFlags::DIRECTORY)
                         .map_err(|e| resolve_error(raw, e))?;
                 }
@@ -360,7 +369,7 @@ impl Applier {
         let name = cstr(raw, name)?;
         match self.mode {
             WhiteoutMode::Overlay => {
-                let dirfd = self.parent_dir(raw, parent, true)?.expect("created when missing");
+                let dirfd = self.parent_dir_created(raw, parent)?;
                 let dev = rustix::fs::makedev(0, 0);
                 self.create(raw, dirfd.as_fd(), &name, false, |d, n| {
                     rustix::fs::mknodat(d, n, FileType::CharacterDevice, Mode::empty(), dev)
@@ -418,10 +427,22 @@ fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlags) -> rustix::io::Result
     }
 }
 
+/// What the entry itself makes impossible (an empty symlink target, a name too long, too many
+/// links to one file…) is the layer's fault.
+fn create_error(raw: &[u8], e: Errno) -> Error {
+    match e {
+        Errno::NOENT | Errno::NAMETOOLONG | Errno::INVAL | Errno::XDEV | Errno::PERM | Errno::MLINK => {
+            Error::with_source(ErrorKind::InvalidArgument, entry_what(raw, "creating"), e)
+        }
+        e => Error::with_source(ErrorKind::Internal, entry_what(raw, "creating"), e),
+    }
+}
+
 fn resolve_error(raw: &[u8], e: Errno) -> Error {
     match e {
         Errno::XDEV | Errno::LOOP => invalid(raw, "path escapes the target through a symlink"),
         Errno::NOTDIR => invalid(raw, "a parent of the path is not a directory"),
+        Errno::NOENT => invalid(raw, "a parent of the path is a dangling symlink"),
         Errno::NAMETOOLONG => invalid(raw, "path too long"),
         Errno::INVAL => invalid(raw, "invalid path"),
         e => Error::with_source(ErrorKind::Internal, entry_what(raw, "resolving path"), e),
@@ -464,33 +485,6 @@ fn is_dir_at(dirfd: BorrowedFd<'_>, name: &CString, ft: FileType) -> io::Result<
     }
     let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-}
-
-/// Removes `name` in `dirfd`, recursively for a directory, never following symlinks.
-fn remove_all_at(dirfd: BorrowedFd<'_>, name: &CString) -> io::Result<()> {
-    match rustix::fs::unlinkat(dirfd, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
-    let mut names = Vec::new();
-    let mut dir = Dir::read_from(&fd)?;
-    while let Some(entry) = dir.read() {
-        let entry = entry?;
-        let n = entry.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            names.push(n.to_owned());
-        }
-    }
-    for n in names {
-        remove_all_at(fd.as_fd(), &n)?;
-    }
-    match rustix::fs::unlinkat(dirfd, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Owner, mode, xattrs through an open file descriptor (never follows anything).
@@ -849,6 +843,19 @@ mod tests {
     }
 
     #[test]
+    fn dangling_symlinks_are_not_parents() {
+        for target in ["missing/dir", "x/../../../../outside"] {
+            let env = setup();
+            let r =
+                env.apply(Layer::new().symlink("dang", target).file("dang/f", b"f"), WhiteoutMode::Delete);
+            assert_refused(r, "dang/f");
+            assert!(fs::symlink_metadata(env.root.join("dang")).unwrap().file_type().is_symlink());
+            assert!(!env.root.join("missing").exists());
+            env.assert_outside_untouched();
+        }
+    }
+
+    #[test]
     fn symlinks_inside_are_followed_as_parents() {
         let env = setup();
         env.apply(
@@ -957,6 +964,16 @@ mod tests {
         let mut layer = Layer::new();
         layer.add(header(EntryType::new(b'V'), b"volume", 0), b"");
         assert_refused(env.apply(&mut layer, WhiteoutMode::Delete), "volume");
+    }
+
+    #[test]
+    fn impossible_entries_are_invalid() {
+        let env = setup();
+        assert_refused(env.apply(Layer::new().symlink("empty", ""), WhiteoutMode::Delete), "empty");
+        let long = "n".repeat(300);
+        let mut layer = Layer::new();
+        layer.pax(&[("path", long.as_bytes())]).file("x", b"");
+        assert_refused(env.apply(&mut layer, WhiteoutMode::Delete), "nnnn");
     }
 
     #[test]

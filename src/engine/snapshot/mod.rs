@@ -8,16 +8,22 @@
 //! deleted before its directory is removed, so a crash leaves at worst an orphan directory or an
 //! unfinished `extract-` snapshot, both removed by [`Snapshots::open`].
 //!
-//! This module must never mount anything itself on behalf of callers except through
-//! [`mount_all`], and must never follow symbolic links found inside snapshot trees.
+//! This module must never follow symbolic links found inside snapshot trees, and mounts nothing
+//! except in [`mount_all`] (called by whoever needs a snapshot mounted) and the overlay support check.
 
 use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::config::SnapshotterKind;
 use crate::engine::Usage;
@@ -41,8 +47,11 @@ const BACKEND_MARKER: &str = "snapshotter";
 /// are mount(8)-style (`rbind`, `ro`, `lowerdir=…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// The filesystem type: `"overlay"` or `"bind"`.
     pub kind: String,
+    /// What to mount: a directory for `bind`, `"overlay"` for overlay.
     pub source: String,
+    /// Flags (`rbind`, `ro`, `rw`, …) and filesystem data (`lowerdir=…`, …).
     pub options: Vec<String>,
 }
 
@@ -78,8 +87,10 @@ pub trait Backend: Send + Sync {
 /// What a caller sees of a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotInfo {
+    /// The key (for committed layers, the chain ID).
     pub key: String,
     pub kind: SnapshotKind,
+    /// The key of the committed snapshot this one is based on.
     pub parent: Option<String>,
     pub labels: Labels,
     /// Unix nanoseconds.
@@ -417,11 +428,82 @@ fn list_ids(snapshots_dir: &Path) -> Result<Vec<String>> {
 
 /// Removes `path` recursively without following symlinks; an absent path is fine.
 fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).context(|| format!("removing {}", path.display())),
+    let what = || format!("removing {}", path.display());
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::internal(format!("removing {}: not a removable path", path.display())));
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dirfd = match rustix::fs::open(parent, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e).context(what),
+    };
+    let name = CString::new(name.as_bytes()).map_err(|_| Error::internal(what()))?;
+    remove_all_at(dirfd.as_fd(), &name).context(what)
+}
+
+/// Removes `name` in `dirfd`, everything under it if it is a directory, never following
+/// symlinks; absent is fine. Iterative, holding two descriptors at most: a hostile layer can
+/// build a tree (through symlinked parents) deeper than any thread's stack.
+pub(crate) fn remove_all_at(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match rustix::fs::unlinkat(dirfd, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
     }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut cur = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
+    // Subdirectories still to remove, per level from the top; `path` names the levels entered.
+    let mut pending = vec![unlink_files_in(cur.as_fd())?];
+    let mut path: Vec<CString> = Vec::new();
+    loop {
+        if let Some(next) = pending.last_mut().and_then(Vec::pop) {
+            match rustix::fs::openat(&cur, &next, flags, Mode::empty()) {
+                Ok(child) => {
+                    cur = child;
+                    pending.push(unlink_files_in(cur.as_fd())?);
+                    path.push(next);
+                }
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        }
+        pending.pop();
+        let Some(done) = path.pop() else { break };
+        // Nothing else changes this private tree, so ".." is the directory we came from.
+        let parent = rustix::fs::openat(&cur, c"..", flags, Mode::empty())?;
+        rustix::fs::unlinkat(&parent, &done, AtFlags::REMOVEDIR)?;
+        cur = parent;
+    }
+    drop(cur);
+    match rustix::fs::unlinkat(dirfd, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unlinks everything but directories in `fd`; returns the names of the directories.
+fn unlink_files_in(fd: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut dirs = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(fd)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let n = entry.file_name();
+        if n == c"." || n == c".." {
+            continue;
+        }
+        if entry.file_type() == rustix::fs::FileType::Directory {
+            dirs.push(n.to_owned());
+            continue;
+        }
+        match rustix::fs::unlinkat(fd, n, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::ISDIR) => dirs.push(n.to_owned()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(dirs)
 }
 
 /// Disk used under `path`: allocated blocks and inodes, counting hard-linked inodes once and
@@ -809,6 +891,36 @@ mod tests {
         f.snaps.remove("l1").unwrap();
         f.reopen(SnapshotterKind::Native);
         assert_eq!(f.snaps.name(), "native");
+    }
+
+    #[test]
+    fn trees_deeper_than_the_stack_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        fs::create_dir(&top).unwrap();
+        // Built through descriptors: deeper than any path the kernel would accept.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut cur = rustix::fs::open(&top, flags, Mode::empty()).unwrap();
+        for i in 0..1500 {
+            rustix::fs::mkdirat(&cur, c"d", Mode::from_raw_mode(0o755)).unwrap();
+            if i % 500 == 0 {
+                let f =
+                    rustix::fs::openat(&cur, c"f", OFlags::CREATE | OFlags::WRONLY, Mode::empty()).unwrap();
+                drop(f);
+                rustix::fs::symlinkat(c"/etc", &cur, c"link").unwrap();
+            }
+            cur = rustix::fs::openat(&cur, c"d", flags, Mode::empty()).unwrap();
+        }
+        drop(cur);
+        let removed = std::thread::Builder::new()
+            .stack_size(32 * 1024)
+            .spawn(move || remove_tree(&top).map(|()| top.exists()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!removed.unwrap());
+        assert!(Path::new("/etc").is_dir());
+        remove_tree(&tmp.path().join("absent")).unwrap();
     }
 
     /// A backend whose `create` fails after leaving a directory behind.

@@ -78,52 +78,75 @@ impl Backend for NativeBackend {
 
 /// Copies the tree `src` to the new directory `dst`, preserving hard links (within the tree),
 /// ownership, modes, xattrs, device numbers, symlinks and times. Symlinks are copied, never followed.
+/// Iterative: a hostile layer can build a tree deeper than a thread's stack.
 fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    struct Level {
+        src: PathBuf,
+        dst: PathBuf,
+        meta: fs::Metadata,
+        entries: fs::ReadDir,
+    }
     let meta = fs::symlink_metadata(src)?;
     fs::create_dir(dst)?;
     let mut links = HashMap::new();
-    copy_dir(src, dst, &mut links)?;
-    copy_metadata(src, dst, &meta)
-}
-
-fn copy_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let (s, d) = (entry.path(), dst.join(entry.file_name()));
-        let meta = entry.metadata()?; // lstat: does not follow symlinks
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            fs::create_dir(&d)?;
-            copy_dir(&s, &d, links)?;
-        } else {
-            if meta.nlink() > 1 {
-                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                    fs::hard_link(first, &d)?; // linkat without AT_SYMLINK_FOLLOW
-                    continue;
+    let mut stack = vec![Level { src: src.into(), dst: dst.into(), meta, entries: fs::read_dir(src)? }];
+    while let Some(level) = stack.last_mut() {
+        match level.entries.next() {
+            None => {
+                // Directory metadata last: creating its entries changed its mtime.
+                if let Some(done) = stack.pop() {
+                    copy_metadata(&done.src, &done.dst, &done.meta)?;
                 }
-                links.insert((meta.dev(), meta.ino()), d.clone());
             }
-            if ft.is_file() {
-                // copy_file_range underneath: reflinks where the filesystem can.
-                fs::copy(&s, &d)?;
-            } else if ft.is_symlink() {
-                std::os::unix::fs::symlink(fs::read_link(&s)?, &d)?;
-            } else {
-                let kind = if ft.is_char_device() {
-                    FileType::CharacterDevice
-                } else if ft.is_block_device() {
-                    FileType::BlockDevice
-                } else if ft.is_fifo() {
-                    FileType::Fifo
+            Some(entry) => {
+                let entry = entry?;
+                let (s, d) = (entry.path(), level.dst.join(entry.file_name()));
+                let meta = entry.metadata()?; // lstat: does not follow symlinks
+                if meta.is_dir() {
+                    fs::create_dir(&d)?;
+                    let entries = fs::read_dir(&s)?;
+                    stack.push(Level { src: s, dst: d, meta, entries });
                 } else {
-                    FileType::Socket
-                };
-                rustix::fs::mknodat(CWD, &d, kind, Mode::from_raw_mode(0o600), meta.rdev())?;
+                    copy_node(&s, &d, &meta, &mut links)?;
+                }
             }
         }
-        copy_metadata(&s, &d, &meta)?;
     }
     Ok(())
+}
+
+/// Copies one non-directory; a second name of an inode already copied becomes a hard link.
+fn copy_node(
+    s: &Path,
+    d: &Path,
+    meta: &fs::Metadata,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> io::Result<()> {
+    if meta.nlink() > 1 {
+        if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+            return fs::hard_link(first, d); // linkat without AT_SYMLINK_FOLLOW
+        }
+        links.insert((meta.dev(), meta.ino()), d.to_path_buf());
+    }
+    let ft = meta.file_type();
+    if ft.is_file() {
+        // copy_file_range underneath: reflinks where the filesystem can.
+        fs::copy(s, d)?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(s)?, d)?;
+    } else {
+        let kind = if ft.is_char_device() {
+            FileType::CharacterDevice
+        } else if ft.is_block_device() {
+            FileType::BlockDevice
+        } else if ft.is_fifo() {
+            FileType::Fifo
+        } else {
+            FileType::Socket
+        };
+        rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), meta.rdev())?;
+    }
+    copy_metadata(s, d, meta)
 }
 
 /// Ownership, then mode (chown clears setuid), then xattrs (chown clears security.capability),
