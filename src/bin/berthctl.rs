@@ -321,12 +321,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Content { cmd: ListOnly::Ls } => {
             let r = client.list_content(proto::ListContentRequest {}).await?.into_inner();
             if cli.output == Output::Json {
-                return Ok(json(serde_json::json!(
+                {
+                    json(serde_json::json!(
                     r.content
                         .iter()
                         .map(|c| serde_json::json!({"digest": c.digest, "size": c.size, "labels": c.labels}))
                         .collect::<Vec<_>>()
-                )));
+                ));
+                    return Ok(());
+                }
             }
             let rows =
                 r.content.into_iter().map(|c| vec![c.digest, human(c.size), labels(&c.labels)]).collect();
@@ -335,10 +338,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Snapshots { cmd: ListOnly::Ls } => {
             let r = client.list_snapshots(proto::ListSnapshotsRequest {}).await?.into_inner();
             if cli.output == Output::Json {
-                return Ok(json(
-                    serde_json::json!({"snapshotter": r.snapshotter, "snapshots": r.snapshots.iter().map(|s| serde_json::json!({
+                {
+                    json(
+                        serde_json::json!({"snapshotter": r.snapshotter, "snapshots": r.snapshots.iter().map(|s| serde_json::json!({
                     "key": s.key, "parent": s.parent, "kind": s.kind, "size": s.size, "inodes": s.inodes, "labels": s.labels})).collect::<Vec<_>>()}),
-                ));
+                    );
+                    return Ok(());
+                }
             }
             let rows =
                 r.snapshots.into_iter().map(|s| vec![s.key, s.parent, s.kind, human(s.size)]).collect();
@@ -347,17 +353,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Namespaces { cmd: ListOnly::Ls } => {
             let r = client.list_namespaces(proto::ListNamespacesRequest {}).await?.into_inner();
             if cli.output == Output::Json {
-                return Ok(json(serde_json::json!(r.namespaces)));
+                {
+                    json(serde_json::json!(r.namespaces));
+                    return Ok(());
+                }
             }
             table(&["NAME"], r.namespaces.into_iter().map(|n| vec![n]).collect());
         }
         Command::Gc => {
             let r = client.garbage_collect(proto::GarbageCollectRequest {}).await?.into_inner();
             if cli.output == Output::Json {
-                return Ok(json(
-                    serde_json::json!({"content": r.content_removed, "snapshots": r.snapshots_removed,
-                    "leases": r.leases_removed, "ingests": r.ingests_removed}),
-                ));
+                {
+                    json(serde_json::json!({"content": r.content_removed, "snapshots": r.snapshots_removed,
+                    "leases": r.leases_removed, "ingests": r.ingests_removed}));
+                    return Ok(());
+                }
             }
             println!(
                 "removed {} blobs, {} snapshots, {} expired leases, {} abandoned downloads",

@@ -190,7 +190,8 @@ impl Engine {
         let semaphore = Arc::new(Semaphore::new(self.options.max_concurrent_downloads.max(1)));
         let mut downloads = tokio::task::JoinSet::new();
         let mut done_rx = Vec::with_capacity(manifest.layers.len());
-        for layer in manifest.layers.iter().cloned() {
+        for layer in &manifest.layers {
+            let layer = layer.clone();
             let (tx, rx) = oneshot::channel::<Result<()>>();
             done_rx.push(rx);
             let engine = self.clone();
