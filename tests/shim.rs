@@ -318,6 +318,13 @@ async fn quick_exit_of_true_is_reported() {
     assert_eq!((event.id.as_str(), event.exit_code), ("t", 0));
     assert_eq!(pod.client.wait("t").await.unwrap().exit_code, 0);
     pod.client.delete("t").await.unwrap();
+
+    // A created container that never starts is killed by Delete, and its exit still reported.
+    let pid = pod.create("never", &["true"], |_| {}).await;
+    pod.client.delete("never").await.unwrap();
+    let event = events.next().await.unwrap().unwrap();
+    assert_eq!((event.id.as_str(), event.pid, event.exit_code), ("never", pid, 137));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
 
 #[tokio::test]

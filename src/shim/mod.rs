@@ -8,8 +8,8 @@
 //! depend on nothing above it in the crate: berthd's side of the protocol lives in `task`.
 
 pub mod cgroup;
-pub mod console;
 pub mod cri_log;
+pub mod fd;
 pub mod frame;
 pub mod reaper;
 pub mod runtime;
@@ -181,6 +181,8 @@ pub fn start(config: &ShimConfig) -> Result<PathBuf> {
         .arg("serve")
         .args(config.to_args())
         .process_group(0)
+        // Not pinning whatever directory (and mount) the caller runs in.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -233,10 +235,12 @@ fn ping_blocking(socket: &Path) -> Result<proto::PingResponse> {
     }
 }
 
-/// `berth-shim serve`: becomes the pod's subreaper and serves until a Shutdown succeeds. Prints
-/// "ready" on stdout once the socket listens, then points stdout at /dev/null (the reader, `start`,
-/// is gone by then). Removes the socket and pid file on the way out.
+/// `berth-shim serve`: takes the process over and serves until a Shutdown succeeds. It closes
+/// inherited descriptors above stderr (so it must run before the process opens anything), becomes
+/// the pod's subreaper, prints "ready" on stdout once the socket listens, then points stdout at
+/// /dev/null (the reader, `start`, is gone by then). Removes the socket and pid file on the way out.
 pub fn serve(config: ShimConfig) -> Result<()> {
+    fd::close_inherited();
     nix::sys::prctl::set_child_subreaper(true).context(|| "becoming a child subreaper".to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

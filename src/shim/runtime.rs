@@ -87,6 +87,9 @@ impl RuntimeDriver {
         }
         cmd.arg("--log").arg(&log_path).arg("--log-format").arg("json");
         cmd.args(&self.args).args(command);
+        // Inherited from a berthd run by systemd, it would make runc proxy sd_notify for the
+        // container and `start` wait for a READY=1 that never comes.
+        cmd.env_remove("NOTIFY_SOCKET");
         cmd.stdin(stdio.stdin).stdout(stdio.stdout);
         let captured = stdio.stderr.is_none();
         match stdio.stderr {

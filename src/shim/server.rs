@@ -22,6 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
+use tracing::Instrument;
 
 use super::cgroup::OomCounter;
 use super::cri_log::{LogFile, Stream};
@@ -30,7 +31,7 @@ use super::proto::{self, request::Call, response};
 use super::reaper::{self, Exit, Reaper, Target};
 use super::runtime::{RemoveOnDrop, RuntimeDriver, RuntimeStdio};
 use super::status::{self, RecordedStatus, StatusRecord};
-use super::{ShimConfig, code_from_kind, console, lock, stdio};
+use super::{ShimConfig, code_from_kind, fd, lock, stdio};
 use crate::error::{Context, Error, ErrorKind, Result};
 
 /// How long a client has to send its request after connecting.
@@ -286,10 +287,14 @@ impl Shim {
         tracing::info!(id, pid = exit.pid, code = exit.code, "container exited");
         let shim = self.clone();
         let id = id.to_string();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(IO_DRAIN, futures_util::future::join_all(io)).await;
-            shim.publish_exit(&id);
-        });
+        let span = tracing::info_span!("exit", id);
+        tokio::spawn(
+            async move {
+                let _ = tokio::time::timeout(IO_DRAIN, futures_util::future::join_all(io)).await;
+                shim.publish_exit(&id);
+            }
+            .instrument(span),
+        );
     }
 
     fn publish_exit(&self, id: &str) {
@@ -336,9 +341,16 @@ impl Shim {
                 }
             }
             call => {
-                let response = answer(self.handle(call).await);
-                if let Err(e) = write_message(&mut stream, &response).await {
-                    tracing::debug!(error = %e, "writing a response failed");
+                let name = call_name(&call);
+                let started = Instant::now();
+                let result = self.handle(call).instrument(tracing::info_span!("call", name)).await;
+                let elapsed = started.elapsed();
+                match &result {
+                    Ok(_) => tracing::debug!(name, ?elapsed, "ok"),
+                    Err(e) => tracing::info!(name, ?elapsed, error = %e, "failed"),
+                }
+                if let Err(e) = write_message(&mut stream, &answer(result)).await {
+                    tracing::debug!(name, error = %e, "writing a response failed");
                 }
             }
         }
@@ -457,7 +469,7 @@ impl Shim {
             let _socket_file = RemoveOnDrop(vec![socket.clone()]);
             let receiving: JoinHandle<std::io::Result<OwnedFd>> = tokio::spawn(async move {
                 let (conn, _) = listener.accept().await?;
-                console::receive_fd(&conn).await
+                fd::receive_fd(&conn).await
             });
             args.extend([os("--console-socket"), socket.as_os_str(), os(&id)]);
             if let Err(e) = self.runtime.run(dir, &args, RuntimeStdio::null(), &what).await {
@@ -465,6 +477,7 @@ impl Shim {
                 return Err(e);
             }
             // The runtime sent the master before exiting, so it is already waiting in the socket.
+            let receiving_abort = receiving.abort_handle();
             let master = match tokio::time::timeout(Duration::from_secs(5), receiving).await {
                 Ok(Ok(Ok(fd))) => fd,
                 Ok(Ok(Err(e))) => {
@@ -472,6 +485,7 @@ impl Shim {
                     return Err(self.undo_create(dir, &id, e).await);
                 }
                 _ => {
+                    receiving_abort.abort();
                     let e = Error::internal(format!("{what}: the runtime sent no pty"));
                     return Err(self.undo_create(dir, &id, e).await);
                 }
@@ -511,12 +525,11 @@ impl Shim {
         let mut io = Vec::new();
         for (fd, stream) in readers {
             match stdio::receiver(fd) {
-                Ok(rx) => io.push(tokio::spawn(stdio::copy_to_log(
-                    rx,
-                    stream,
-                    self.config.log_line_max,
-                    log.clone(),
-                ))),
+                Ok(rx) => {
+                    let span = tracing::info_span!("output", id, stream = stream.as_str());
+                    let copy = stdio::copy_to_log(rx, stream, self.config.log_line_max, log.clone());
+                    io.push(tokio::spawn(copy.instrument(span)));
+                }
                 Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
             }
         }
@@ -691,7 +704,9 @@ impl Shim {
             0 => EXEC_OUTPUT_CAP,
             n => (n as usize).min(EXEC_OUTPUT_CAP),
         };
-        let deadline = (req.timeout_ms > 0).then(|| started + Duration::from_millis(req.timeout_ms));
+        // A timeout too far away to represent is no timeout.
+        let deadline =
+            started.checked_add(Duration::from_millis(req.timeout_ms)).filter(|_| req.timeout_ms > 0);
 
         let (out_r, out_w) = stdio::pipe()?;
         let (err_r, err_w) = stdio::pipe()?;
@@ -829,6 +844,25 @@ impl Shim {
                 _ = rd.read(&mut probe) => return,
             }
         }
+    }
+}
+
+/// The call's name, for logs and messages.
+pub fn call_name(call: &Call) -> &'static str {
+    match call {
+        Call::Create(_) => "create",
+        Call::Start(_) => "start",
+        Call::Kill(_) => "kill",
+        Call::Delete(_) => "delete",
+        Call::State(_) => "state",
+        Call::List(_) => "list",
+        Call::Wait(_) => "wait",
+        Call::ExecSync(_) => "exec_sync",
+        Call::Update(_) => "update",
+        Call::ReopenLog(_) => "reopen_log",
+        Call::Events(_) => "events",
+        Call::Shutdown(_) => "shutdown",
+        Call::Ping(_) => "ping",
     }
 }
 

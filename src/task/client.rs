@@ -14,6 +14,7 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::shim::frame::{read_message, write_message};
 use crate::shim::proto::{self, request::Call, response::Result as R};
+use crate::shim::server::call_name;
 use crate::shim::{self, ShimConfig};
 
 /// Runs `berth-shim start` for the pod (idempotent: an existing shim is reused), waits for it to
@@ -195,7 +196,8 @@ impl ShimClient {
             timeout_ms: opts.timeout.as_millis().try_into().unwrap_or(u64::MAX),
             max_output_bytes: opts.max_output_bytes as u64,
         };
-        let deadline = if opts.timeout.is_zero() { None } else { Some(opts.timeout + self.timeout) };
+        let deadline =
+            if opts.timeout.is_zero() { None } else { Some(opts.timeout.saturating_add(self.timeout)) };
         match self.call(Call::ExecSync(req), deadline).await? {
             Some(R::ExecSync(r)) => Ok(ExecSyncResult {
                 exit_code: r.exit_code,
@@ -295,24 +297,6 @@ async fn read_response(stream: &mut UnixStream, name: &str, socket: &Path) -> Re
 
 fn unexpected(call: &str, got: Option<R>) -> Error {
     Error::internal(format!("shim answered {call} with {got:?}"))
-}
-
-fn call_name(call: &Call) -> &'static str {
-    match call {
-        Call::Create(_) => "create",
-        Call::Start(_) => "start",
-        Call::Kill(_) => "kill",
-        Call::Delete(_) => "delete",
-        Call::State(_) => "state",
-        Call::List(_) => "list",
-        Call::Wait(_) => "wait",
-        Call::ExecSync(_) => "exec_sync",
-        Call::Update(_) => "update",
-        Call::ReopenLog(_) => "reopen_log",
-        Call::Events(_) => "events",
-        Call::Shutdown(_) => "shutdown",
-        Call::Ping(_) => "ping",
-    }
 }
 
 impl ShimApi for ShimClient {

@@ -1,7 +1,6 @@
-//! Receives a container's pty master from the OCI runtime: with `--console-socket`, the runtime
-//! connects to a unix socket the shim listens on and sends the master as SCM_RIGHTS. The only
-//! `unsafe` of the shim lives here (taking ownership of a received descriptor); this module must
-//! never do anything else with the pty.
+//! Raw descriptor plumbing, the only `unsafe` of the shim: taking ownership of the pty master the
+//! OCI runtime sends over `--console-socket` (SCM_RIGHTS), and closing the descriptors a serving
+//! shim inherited from whoever launched it. This module must never do anything else with them.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSliceMut};
@@ -38,6 +37,17 @@ fn receive_now(fd: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the runtime {what}")));
     }
     Ok(received.swap_remove(0))
+}
+
+/// Closes every descriptor above stderr. Only for a process taking itself over (the start of
+/// `serve`): a long-lived shim must not keep its launcher's pipes or sockets open.
+pub fn close_inherited() {
+    // SAFETY: called before the shim opens anything, so no object of this process owns a
+    // descriptor above 2; the inherited ones belong to nobody here.
+    let rc = unsafe { libc::close_range(3, u32::MAX, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "closing inherited descriptors failed");
+    }
 }
 
 #[cfg(test)]
