@@ -281,11 +281,25 @@ async fn exec_sync_output_timeout_and_cap() {
     assert_eq!(r.exit_code, 137);
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     // Only the container's init is left in its cgroup: the exec'd sleep is gone.
-    let procs = PathBuf::from("/sys/fs/cgroup/pids")
+    let procs_path = PathBuf::from("/sys/fs/cgroup/pids")
         .join(cgroup_name(&pod, "box").trim_start_matches('/'))
         .join("cgroup.procs");
-    let procs = std::fs::read_to_string(&procs).unwrap();
+    let procs = std::fs::read_to_string(&procs_path).unwrap();
     assert_eq!(procs.lines().count(), 1, "processes left: {procs}");
+
+    // A client that hangs up takes its exec with it, even without a timeout.
+    let client = pod.client.clone();
+    let hung_up =
+        tokio::spawn(
+            async move { client.exec_sync(&exec("box", &["sleep", "100"], Duration::ZERO, 0)).await },
+        );
+    wait_until("the exec to start", || std::fs::read_to_string(&procs_path).unwrap().lines().count() == 2)
+        .await;
+    hung_up.abort();
+    wait_until("the exec to be killed", || {
+        std::fs::read_to_string(&procs_path).unwrap().lines().count() == 1
+    })
+    .await;
 
     let r = pod
         .client
@@ -294,6 +308,9 @@ async fn exec_sync_output_timeout_and_cap() {
         .unwrap();
     assert_eq!((r.exit_code, r.stdout.len(), r.timed_out), (0, 1000, false));
     assert!(r.stdout.starts_with(b"y\ny\n"));
+
+    let err = pod.client.exec_sync(&exec("box", &["/nope"], Duration::from_secs(10), 0)).await.unwrap_err();
+    assert!(err.to_string().contains("runc exec failed") && err.to_string().contains("/nope"), "{err}");
 
     let missing = exec("nope", &["true"], Duration::ZERO, 0);
     assert_eq!(pod.client.exec_sync(&missing).await.unwrap_err().kind(), ErrorKind::NotFound);

@@ -4,6 +4,11 @@
 //! owns the containers' stdio and CRI logs, records exits on disk, and serves the API of
 //! `proto/berth/shim/v1/shim.proto` on `<pod dir>/shim.sock`.
 //!
+//! The pod directory it owns: `shim.sock`, `shim.pid`, `shim.log` (its stderr), `shim.lock`,
+//! transient `console-<n>.sock`, and per container `containers/<id>/` with `status.json` (see
+//! [`status`]), `init.pid`, and transient runtime scratch files (`runtime-<n>.log|err`,
+//! `exec-<n>.json|pid`, `update-<n>.json`).
+//!
 //! The shim must stay tiny (a current-thread runtime, no gRPC stack, few allocations) and must
 //! depend on nothing above it in the crate: berthd's side of the protocol lives in `task`.
 

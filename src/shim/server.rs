@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
+use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::Signal as SignalStream;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
@@ -328,13 +330,15 @@ impl Shim {
                 write_message(&mut stream, &answer(Err(Error::invalid("empty or unknown request")))).await;
             return;
         };
+        let (mut rd, mut wr) = stream.split();
+        let gone = client_gone(&mut rd);
         match call {
-            Call::Wait(req) => self.wait(req, stream).await,
-            Call::Events(_) => self.events(stream).await,
+            Call::Wait(req) => self.wait(req, gone, &mut wr).await,
+            Call::Events(_) => self.events(gone, &mut wr).await,
             Call::Shutdown(_) => {
                 let result = self.can_shut_down();
                 let ok = result.is_ok();
-                let _ = write_message(&mut stream, &answer(result.map(|()| None))).await;
+                let _ = write_message(&mut wr, &answer(result.map(|()| None))).await;
                 if ok {
                     tracing::info!("shutting down on request");
                     self.shutdown.notify_one();
@@ -343,20 +347,21 @@ impl Shim {
             call => {
                 let name = call_name(&call);
                 let started = Instant::now();
-                let result = self.handle(call).instrument(tracing::info_span!("call", name)).await;
+                let result = self.handle(call, gone).instrument(tracing::info_span!("call", name)).await;
                 let elapsed = started.elapsed();
                 match &result {
                     Ok(_) => tracing::debug!(name, ?elapsed, "ok"),
                     Err(e) => tracing::info!(name, ?elapsed, error = %e, "failed"),
                 }
-                if let Err(e) = write_message(&mut stream, &answer(result)).await {
+                if let Err(e) = write_message(&mut wr, &answer(result)).await {
                     tracing::debug!(name, error = %e, "writing a response failed");
                 }
             }
         }
     }
 
-    async fn handle(self: &Arc<Self>, call: Call) -> Answer {
+    /// Answers the calls with one response; `gone` resolves if the client hangs up meanwhile.
+    async fn handle(self: &Arc<Self>, call: Call, gone: impl Future<Output = ()>) -> Answer {
         use response::Result as R;
         match call {
             Call::Create(req) => Ok(Some(R::Create(proto::CreateResponse { pid: self.create(req).await? }))),
@@ -374,7 +379,7 @@ impl Shim {
                 containers.sort_by(|a, b| a.id.cmp(&b.id));
                 Ok(Some(R::List(proto::ListResponse { containers })))
             }
-            Call::ExecSync(req) => Ok(Some(R::ExecSync(self.exec_sync(req).await?))),
+            Call::ExecSync(req) => Ok(Some(R::ExecSync(self.exec_sync(req, gone).await?))),
             Call::Update(req) => self.update(req).await.map(|()| None),
             Call::ReopenLog(req) => {
                 let log = self.container(&req.id, |c| c.log.clone())?;
@@ -682,7 +687,13 @@ impl Shim {
         Ok(())
     }
 
-    async fn exec_sync(self: &Arc<Self>, req: proto::ExecSyncRequest) -> Result<proto::ExecSyncResponse> {
+    /// Runs a process to completion. It is killed when the timeout passes or the client hangs up
+    /// (`gone`): nobody would read its result.
+    async fn exec_sync(
+        self: &Arc<Self>,
+        req: proto::ExecSyncRequest,
+        gone: impl Future<Output = ()>,
+    ) -> Result<proto::ExecSyncResponse> {
         let started = Instant::now();
         let id = req.id.as_str();
         let dir = {
@@ -741,18 +752,29 @@ impl Shim {
                     (pid, rx)
                 };
                 let lost = || Error::internal(format!("{what}: the reaper lost the exit of pid {pid}"));
-                let Some(deadline) = deadline else { return Ok((rx.await.map_err(|_| lost())?, false)) };
-                match tokio::time::timeout_at(deadline.into(), &mut rx).await {
-                    Ok(exit) => Ok((exit.map_err(|_| lost())?, false)),
-                    Err(_) => match rx.try_recv() {
-                        Ok(exit) => Ok((exit, false)),
-                        Err(_) => {
-                            // Not reaped yet (at worst a zombie), so the pid is still this process.
-                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                            Ok((rx.await.map_err(|_| lost())?, true))
-                        }
-                    },
+                let timer = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let hung_up = tokio::select! {
+                    exit = &mut rx => return Ok((exit.map_err(|_| lost())?, false)),
+                    _ = timer => false,
+                    _ = gone => true,
+                };
+                let exit = match rx.try_recv() {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        // Not reaped yet (at worst a zombie), so the pid is still this process.
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        rx.await.map_err(|_| lost())?
+                    }
+                };
+                if hung_up {
+                    return Err(Error::new(ErrorKind::Cancelled, format!("{what}: the client hung up")));
                 }
+                Ok((exit, true))
             }
             .await;
             done.notify_one();
@@ -796,41 +818,37 @@ impl Shim {
         Ok(())
     }
 
-    async fn wait(&self, req: proto::WaitRequest, mut stream: UnixStream) {
+    async fn wait(&self, req: proto::WaitRequest, gone: impl Future<Output = ()>, wr: &mut WriteHalf<'_>) {
         let id = req.id;
         let mut exited = match self.container(&id, |c| c.exited.subscribe()) {
             Ok(rx) => rx,
             Err(e) => {
-                let _ = write_message(&mut stream, &answer(Err(e))).await;
+                let _ = write_message(wr, &answer(Err(e))).await;
                 return;
             }
         };
-        let (mut rd, mut wr) = stream.split();
-        let mut probe = [0u8; 1];
         let result = tokio::select! {
             r = exited.wait_for(Option::is_some) => match r {
                 Ok(status) => Ok(status.clone().map(response::Result::Exit)),
                 Err(_) => Err(Error::not_found(format!("container {id} was deleted before it exited"))),
             },
-            // The client never sends more: readable means it went away.
-            _ = rd.read(&mut probe) => return,
+            _ = gone => return,
         };
-        let _ = write_message(&mut wr, &answer(result)).await;
+        let _ = write_message(wr, &answer(result)).await;
     }
 
-    async fn events(&self, mut stream: UnixStream) {
+    async fn events(&self, gone: impl Future<Output = ()>, wr: &mut WriteHalf<'_>) {
         let mut events = self.events.subscribe();
-        if write_message(&mut stream, &answer(Ok(None))).await.is_err() {
+        if write_message(wr, &answer(Ok(None))).await.is_err() {
             return;
         }
-        let (mut rd, mut wr) = stream.split();
-        let mut probe = [0u8; 1];
+        tokio::pin!(gone);
         loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Ok(exit) => {
                         let event = proto::Event { event: Some(proto::event::Event::Exit(exit)) };
-                        if write_message(&mut wr, &event).await.is_err() {
+                        if write_message(wr, &event).await.is_err() {
                             return;
                         }
                     }
@@ -841,10 +859,17 @@ impl Shim {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = rd.read(&mut probe) => return,
+                _ = &mut gone => return,
             }
         }
     }
+}
+
+/// Resolves when the client hangs up: after its request it never sends anything, so any read
+/// completing (end of stream, or stray bytes) means it is done with this connection.
+async fn client_gone(rd: &mut ReadHalf<'_>) {
+    let mut probe = [0u8; 1];
+    let _ = rd.read(&mut probe).await;
 }
 
 /// The call's name, for logs and messages.
