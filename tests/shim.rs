@@ -395,6 +395,31 @@ async fn tty_output_reaches_the_log() {
 }
 
 #[tokio::test]
+async fn stdin_pipe_is_held_open_for_attach() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    for (id, stdin) in [("closed", false), ("open", true)] {
+        let bundle = pod.tmp.path().join("bundles").join(id);
+        let spec = bundle_spec(&bundle, &["sh", "-c", "read x; echo eof"], &cgroup_name(&pod, id));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        pod.created.push(id.to_string());
+        let opts =
+            CreateOptions { id: id.into(), bundle, stdin, tty: false, log_path: Some(pod.log_path(id)) };
+        pod.client.create(&opts).await.unwrap();
+        pod.client.start(id).await.unwrap();
+    }
+    // Without stdin, `read` sees /dev/null's end at once; with it, the shim holds the write end.
+    assert_eq!(pod.client.wait("closed").await.unwrap().exit_code, 0);
+    assert_eq!(pod.log("closed"), ["stdout F eof"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pod.client.state("open").await.unwrap().status, ContainerStatus::Running);
+    pod.client.delete("open").await.unwrap();
+    pod.client.delete("closed").await.unwrap();
+}
+
+#[tokio::test]
 async fn reopen_log_update_and_oom() {
     if !can_run(RUNC) {
         return;

@@ -88,7 +88,8 @@ impl Container {
     }
 
     fn record(&self) -> StatusRecord {
-        let exit = self.exit.as_ref();
+        // An exit shows only once published, together with the Stopped status.
+        let exit = self.exit.as_ref().filter(|_| self.status == RecordedStatus::Stopped);
         StatusRecord {
             version: status::VERSION,
             id: self.id.clone(),
