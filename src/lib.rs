@@ -9,5 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod network;
 pub mod server;
+pub mod shim;
+pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

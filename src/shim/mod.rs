@@ -1,0 +1,417 @@
+//! `berth-shim`, the per-pod shim: one small long-lived process per pod, started by berthd and
+//! detached from it (reparented to init), so containers keep running and every exit is recorded
+//! while berthd restarts. It drives the OCI runtime, is the child subreaper of the pod's processes,
+//! owns the containers' stdio and CRI logs, records exits on disk, and serves the API of
+//! `proto/berth/shim/v1/shim.proto` on `<pod dir>/shim.sock`.
+//!
+//! The pod directory it owns: `shim.sock`, `shim.pid`, `shim.log` (its stderr), `shim.lock`,
+//! transient `console-<n>.sock`, and per container `containers/<id>/` with `status.json` (see
+//! [`status`]), `init.pid`, and transient runtime scratch files (`runtime-<n>.log|err`,
+//! `exec-<n>.json|pid`, `update-<n>.json`).
+//!
+//! The shim must stay tiny (a current-thread runtime, no gRPC stack, few allocations) and must
+//! depend on nothing above it in the crate: berthd's side of the protocol lives in `task`.
+
+pub mod cgroup;
+pub mod cri_log;
+pub mod fd;
+pub mod frame;
+pub mod reaper;
+pub mod runtime;
+pub mod server;
+pub mod status;
+pub mod stdio;
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::error::{Context, Error, ErrorKind, Result};
+
+/// The generated messages of `proto/berth/shim/v1/shim.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/berth.shim.v1.rs"));
+}
+
+/// The API socket, in the pod directory.
+pub const SOCKET_NAME: &str = "shim.sock";
+/// The shim's pid, in the pod directory (written once serving).
+pub const PID_FILE: &str = "shim.pid";
+/// The shim's own log (its stderr), in the pod directory.
+pub const LOG_FILE: &str = "shim.log";
+/// Held (flock) by the serving shim for its lifetime: one shim per pod directory.
+pub const LOCK_FILE: &str = "shim.lock";
+/// The default longest CRI log record, as containerd's `max_container_log_line_size`.
+pub const DEFAULT_LOG_LINE_MAX: usize = 16 * 1024;
+
+/// What a shim serves and how it runs containers; the arguments of `start` and `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimConfig {
+    /// The pod (sandbox) id.
+    pub id: String,
+    /// The pod directory, `<state>/pods/<id>`: socket, pid file, log, container records.
+    pub dir: PathBuf,
+    /// The OCI runtime binary (a path, or a name looked up in PATH).
+    pub runtime: PathBuf,
+    /// The runtime's state directory (`--root`); the runtime's default when unset.
+    pub runtime_root: Option<PathBuf>,
+    /// Extra global runtime options, placed before the command.
+    pub runtime_args: Vec<String>,
+    /// The longest CRI log record; longer lines are split.
+    pub log_line_max: usize,
+    /// The cgroup mount point, where OOM kills are counted.
+    pub cgroup_root: PathBuf,
+}
+
+/// The shim's subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimCommand {
+    /// Make sure a shim serves the pod directory, spawning a detached one if needed; print the
+    /// socket path.
+    Start,
+    /// Serve in this process.
+    Serve,
+}
+
+impl ShimConfig {
+    /// Parses `start|serve --id ID --dir DIR --runtime BIN [--runtime-root DIR]
+    /// [--runtime-arg ARG]... [--log-line-max N]` (also `--flag=value`). A `--runtime-arg` value
+    /// is taken verbatim, even when it starts with dashes.
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(ShimCommand, ShimConfig)> {
+        let mut args = args.into_iter();
+        let command = match args.next().as_deref().and_then(|a| a.to_str()) {
+            Some("start") => ShimCommand::Start,
+            Some("serve") => ShimCommand::Serve,
+            other => {
+                return Err(Error::invalid(format!("expected the command start or serve, got {other:?}")));
+            }
+        };
+        let (mut id, mut dir, mut runtime, mut root, mut line_max) = (None, None, None, None, None);
+        let mut runtime_args = Vec::new();
+        while let Some(arg) = args.next() {
+            let arg =
+                arg.into_string().map_err(|a| Error::invalid(format!("argument {a:?} is not UTF-8")))?;
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg, None),
+            };
+            let mut value = || -> Result<String> {
+                match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => args
+                        .next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| Error::invalid(format!("{flag} needs a UTF-8 value"))),
+                }
+            };
+            match flag.as_str() {
+                "--id" => id = Some(value()?),
+                "--dir" => dir = Some(PathBuf::from(value()?)),
+                "--runtime" => runtime = Some(PathBuf::from(value()?)),
+                "--runtime-root" => root = Some(PathBuf::from(value()?)),
+                "--runtime-arg" => runtime_args.push(value()?),
+                "--log-line-max" => {
+                    let v = value()?;
+                    let n = v.parse::<usize>().ok().filter(|&n| n > 0);
+                    line_max = Some(n.ok_or_else(|| {
+                        Error::invalid(format!("--log-line-max must be a positive number, not {v:?}"))
+                    })?);
+                }
+                other => return Err(Error::invalid(format!("unknown argument {other:?}"))),
+            }
+        }
+        let missing = |what: &str| Error::invalid(format!("missing {what}"));
+        let config = ShimConfig {
+            id: id.ok_or_else(|| missing("--id"))?,
+            dir: dir.ok_or_else(|| missing("--dir"))?,
+            runtime: runtime.ok_or_else(|| missing("--runtime"))?,
+            runtime_root: root,
+            runtime_args,
+            log_line_max: line_max.unwrap_or(DEFAULT_LOG_LINE_MAX),
+            cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
+        };
+        if !config.dir.is_absolute() {
+            return Err(Error::invalid(format!("--dir must be absolute, not {:?}", config.dir)));
+        }
+        Ok((command, config))
+    }
+
+    /// The arguments that [`ShimConfig::parse`] turns back into this configuration (after the
+    /// command).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            vec!["--id".into(), self.id.clone().into(), "--dir".into(), self.dir.clone().into()];
+        args.extend(["--runtime".into(), self.runtime.clone().into()]);
+        if let Some(root) = &self.runtime_root {
+            args.extend(["--runtime-root".into(), root.clone().into()]);
+        }
+        for a in &self.runtime_args {
+            args.extend(["--runtime-arg".into(), a.into()]);
+        }
+        args.extend(["--log-line-max".into(), self.log_line_max.to_string().into()]);
+        args
+    }
+
+    /// The API socket of this pod's shim.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET_NAME)
+    }
+}
+
+/// `berth-shim start`: returns the socket of the shim serving `config.dir`, spawning one if none
+/// answers. The new shim is `/proc/self/exe serve ...` in its own process group, stdin /dev/null,
+/// stderr appended to `shim.log`; it says "ready" on stdout once its socket listens. The caller
+/// then exits, so the shim is reparented to init (or the nearest subreaper).
+pub fn start(config: &ShimConfig) -> Result<PathBuf> {
+    let socket = config.socket();
+    if ping_blocking(&socket).is_ok() {
+        return Ok(socket);
+    }
+    std::fs::create_dir_all(&config.dir).context(|| format!("creating {}", config.dir.display()))?;
+    let log_path = config.dir.join(LOG_FILE);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .context(|| format!("opening {}", log_path.display()))?;
+    let mut child = Command::new("/proc/self/exe")
+        .arg("serve")
+        .args(config.to_args())
+        .process_group(0)
+        // Not pinning whatever directory (and mount) the caller runs in.
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context(|| format!("spawning the shim of pod {}", config.id))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    if line.trim() == "ready" {
+        return Ok(socket);
+    }
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    // Another start may have won the race for the pod directory: its shim answers shortly.
+    for _ in 0..20 {
+        if ping_blocking(&socket).is_ok() {
+            return Ok(socket);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::unavailable(format!(
+        "shim of pod {} failed to start ({status}): {}",
+        config.id,
+        log_tail(&log_path)
+    )))
+}
+
+/// The last line of the shim's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no log").trim().to_string()
+}
+
+/// A synchronous Ping, for `start` (which has no runtime).
+fn ping_blocking(socket: &Path) -> Result<proto::PingResponse> {
+    let io = |e| Error::with_source(ErrorKind::Unavailable, format!("pinging {}", socket.display()), e);
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(io)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(io)?;
+    stream.set_write_timeout(Some(Duration::from_secs(2))).map_err(io)?;
+    let request = proto::Request { call: Some(proto::request::Call::Ping(proto::PingRequest {})) };
+    stream.write_all(&request.encode_length_delimited_to_vec()).map_err(io)?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).map_err(io)?;
+    let response = proto::Response::decode_length_delimited(bytes.as_slice()).map_err(|e| {
+        Error::with_source(ErrorKind::Unavailable, format!("pinging {}", socket.display()), e)
+    })?;
+    match response.result {
+        Some(proto::response::Result::Ping(p)) if response.code == proto::Code::Ok as i32 => Ok(p),
+        _ => Err(Error::unavailable(format!("pinging {}: {}", socket.display(), response.error))),
+    }
+}
+
+/// `berth-shim serve`: takes the process over and serves until a Shutdown succeeds. It closes
+/// inherited descriptors above stderr (so it must run before the process opens anything), becomes
+/// the pod's subreaper, prints "ready" on stdout once the socket listens, then points stdout at
+/// /dev/null (the reader, `start`, is gone by then). Removes the socket and pid file on the way out.
+pub fn serve(config: ShimConfig) -> Result<()> {
+    fd::close_inherited();
+    nix::sys::prctl::set_child_subreaper(true).context(|| "becoming a child subreaper".to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context(|| "building the shim runtime".to_string())?;
+    rt.block_on(serve_async(config))
+}
+
+async fn serve_async(config: ShimConfig) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Before any child exists, so that no SIGCHLD is missed.
+    let sigchld = signal(SignalKind::child()).context(|| "handling SIGCHLD".to_string())?;
+    let dir = config.dir.clone();
+    std::fs::create_dir_all(dir.join("containers")).context(|| format!("creating {}", dir.display()))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock_file =
+        std::fs::File::create(&lock_path).context(|| format!("opening {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| Error::precondition(format!("another shim already serves {}", dir.display())))?;
+
+    // Holding the lock, any socket left here is stale.
+    let socket = config.socket();
+    let _ = std::fs::remove_file(&socket);
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(&socket);
+    nix::sys::stat::umask(old_umask);
+    let listener = listener.context(|| format!("binding {}", socket.display()))?;
+    let pid_path = dir.join(PID_FILE);
+    status::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes())?;
+
+    let shim = server::Shim::new(config);
+    tokio::spawn(shim.clone().reap_loop(sigchld));
+    announce_ready()?;
+    tracing::info!(pid = std::process::id(), socket = %socket.display(), "shim serving");
+    shim.serve(listener).await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_path);
+    Ok(())
+}
+
+fn announce_ready() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").and_then(|()| out.flush()).context(|| "announcing readiness".to_string())?;
+    let null = std::fs::File::open("/dev/null").context(|| "opening /dev/null".to_string())?;
+    nix::unistd::dup2_stdout(&null).context(|| "detaching stdout".to_string())
+}
+
+/// Locks a std mutex, ignoring poisoning: shim state stays usable after a panicking task.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The wire code for an error kind.
+pub fn code_from_kind(kind: ErrorKind) -> proto::Code {
+    use proto::Code as C;
+    match kind {
+        ErrorKind::NotFound => C::NotFound,
+        ErrorKind::AlreadyExists => C::AlreadyExists,
+        ErrorKind::InvalidArgument => C::InvalidArgument,
+        ErrorKind::FailedPrecondition => C::FailedPrecondition,
+        ErrorKind::Unavailable => C::Unavailable,
+        ErrorKind::DeadlineExceeded => C::DeadlineExceeded,
+        ErrorKind::ResourceExhausted => C::ResourceExhausted,
+        ErrorKind::PermissionDenied => C::PermissionDenied,
+        ErrorKind::Unauthenticated => C::Unauthenticated,
+        ErrorKind::Unimplemented => C::Unimplemented,
+        ErrorKind::Cancelled => C::Cancelled,
+        ErrorKind::Internal => C::Internal,
+    }
+}
+
+/// The error kind for a wire code (`None` for OK); unknown codes are Internal.
+pub fn kind_from_code(code: i32) -> Option<ErrorKind> {
+    use proto::Code as C;
+    Some(match C::try_from(code).unwrap_or(C::Internal) {
+        C::Ok => return None,
+        C::NotFound => ErrorKind::NotFound,
+        C::AlreadyExists => ErrorKind::AlreadyExists,
+        C::InvalidArgument => ErrorKind::InvalidArgument,
+        C::FailedPrecondition => ErrorKind::FailedPrecondition,
+        C::Unavailable => ErrorKind::Unavailable,
+        C::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        C::ResourceExhausted => ErrorKind::ResourceExhausted,
+        C::PermissionDenied => ErrorKind::PermissionDenied,
+        C::Unauthenticated => ErrorKind::Unauthenticated,
+        C::Unimplemented => ErrorKind::Unimplemented,
+        C::Cancelled => ErrorKind::Cancelled,
+        C::Internal => ErrorKind::Internal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<(ShimCommand, ShimConfig)> {
+        ShimConfig::parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn arguments_parse_and_round_trip() {
+        let (cmd, config) = parse(&[
+            "start",
+            "--id",
+            "pod1",
+            "--dir=/run/berth/pods/pod1",
+            "--runtime",
+            "runc",
+            "--runtime-root",
+            "/run/berth/runtime/runc",
+            "--runtime-arg",
+            "--systemd-cgroup",
+            "--runtime-arg=--debug",
+            "--log-line-max",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(cmd, ShimCommand::Start);
+        assert_eq!(config.id, "pod1");
+        assert_eq!(config.dir, Path::new("/run/berth/pods/pod1"));
+        assert_eq!(config.runtime_args, ["--systemd-cgroup", "--debug"]);
+        assert_eq!(config.log_line_max, 100);
+        assert_eq!(config.socket(), Path::new("/run/berth/pods/pod1/shim.sock"));
+        let again = ShimConfig::parse(std::iter::once("serve".into()).chain(config.to_args())).unwrap();
+        assert_eq!(again, (ShimCommand::Serve, config));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let base = ["serve", "--id", "p", "--dir", "/d", "--runtime", "runc"];
+        assert_eq!(parse(&base).unwrap().1.log_line_max, DEFAULT_LOG_LINE_MAX);
+        assert!(parse(&["run"]).is_err());
+        assert!(parse(&base[..5]).unwrap_err().to_string().contains("--runtime"));
+        assert!(parse(&[&base[..], &["--log-line-max", "0"]].concat()).is_err());
+        assert!(parse(&[&base[..], &["--bogus"]].concat()).is_err());
+        assert!(parse(&[&base[..], &["--runtime-arg"]].concat()).is_err());
+        assert!(parse(&["serve", "--id", "p", "--dir", "rel", "--runtime", "runc"]).is_err());
+    }
+
+    #[test]
+    fn every_kind_survives_the_wire() {
+        use ErrorKind::*;
+        for kind in [
+            NotFound,
+            AlreadyExists,
+            InvalidArgument,
+            FailedPrecondition,
+            Unavailable,
+            DeadlineExceeded,
+            ResourceExhausted,
+            PermissionDenied,
+            Unauthenticated,
+            Unimplemented,
+            Cancelled,
+            Internal,
+        ] {
+            assert_eq!(kind_from_code(code_from_kind(kind) as i32), Some(kind));
+        }
+        assert_eq!(kind_from_code(0), None);
+        assert_eq!(kind_from_code(999), Some(Internal));
+    }
+
+    #[test]
+    fn ping_of_a_missing_socket_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ping_blocking(&dir.path().join(SOCKET_NAME)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+    }
+}

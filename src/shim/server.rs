@@ -1,0 +1,945 @@
+//! The serving shim: the containers of one pod, their lifecycle through the OCI runtime, exit
+//! handling (OOM evidence → status.json → Wait callers and Events subscribers, in that order), and
+//! the API on the unix socket, one request per connection.
+//!
+//! Everything runs on one current-thread runtime; state sits behind std mutexes that are never held
+//! across an await. This module must never block on a container (stdio is drained by tasks) and
+//! never reap children itself (the reaper does).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::{ReadHalf, WriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::Signal as SignalStream;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::Instrument;
+
+use super::cgroup::OomCounter;
+use super::cri_log::{LogFile, Stream};
+use super::frame::{read_message, write_message};
+use super::proto::{self, request::Call, response};
+use super::reaper::{self, Exit, Reaper, Target};
+use super::runtime::{RemoveOnDrop, RuntimeDriver, RuntimeStdio};
+use super::status::{self, RecordedStatus, StatusRecord};
+use super::{ShimConfig, code_from_kind, fd, lock, stdio};
+use crate::error::{Context, Error, ErrorKind, Result};
+
+/// How long a client has to send its request after connecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exit waits for the container's output to reach end of stream before it is
+/// published: long enough for the last lines to reach the log, short enough that a background
+/// process holding the pipe does not hide the exit.
+const IO_DRAIN: Duration = Duration::from_secs(2);
+/// How long Delete waits for a killed container's exit.
+const DELETE_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default and the largest ExecSync output kept per stream.
+const EXEC_OUTPUT_CAP: usize = 16 << 20;
+/// Pending events per subscriber before it is cut off (it then reconnects and lists).
+const EVENT_BACKLOG: usize = 64;
+/// sun_path is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+struct ExitInfo {
+    code: i32,
+    at: SystemTime,
+    oom_killed: bool,
+}
+
+struct Container {
+    id: String,
+    dir: PathBuf,
+    pid: u32,
+    status: RecordedStatus,
+    created_at: SystemTime,
+    started_at: Option<SystemTime>,
+    /// Set when the init was reaped; published (status Stopped) once the output drained.
+    exit: Option<ExitInfo>,
+    exiting: bool,
+    log: Arc<Mutex<LogFile>>,
+    /// The write end of the container's stdin, kept for Attach (and a future stdin_once, which
+    /// would close it when the first attach ends).
+    #[allow(dead_code)]
+    stdin: Option<OwnedFd>,
+    /// The pty master, kept for Attach and ResizePty.
+    #[allow(dead_code)]
+    console: Option<OwnedFd>,
+    io: Vec<JoinHandle<()>>,
+    io_abort: Vec<AbortHandle>,
+    oom: OomCounter,
+    oom_baseline: u64,
+    exited: watch::Sender<Option<proto::ExitStatus>>,
+}
+
+impl Container {
+    fn running(&self) -> bool {
+        self.status != RecordedStatus::Stopped || self.exiting
+    }
+
+    fn record(&self) -> StatusRecord {
+        // An exit shows only once published, together with the Stopped status.
+        let exit = self.exit.as_ref().filter(|_| self.status == RecordedStatus::Stopped);
+        StatusRecord {
+            version: status::VERSION,
+            id: self.id.clone(),
+            status: self.status,
+            pid: self.pid,
+            exit_code: exit.map_or(0, |e| e.code),
+            created_at: nanos(Some(self.created_at)),
+            started_at: nanos(self.started_at),
+            exited_at: nanos(exit.map(|e| e.at)),
+            oom_killed: exit.is_some_and(|e| e.oom_killed),
+        }
+    }
+
+    fn state(&self) -> proto::ContainerState {
+        // Until its exit is published, a reaped container still reads as running.
+        let status = match self.status {
+            RecordedStatus::Created => proto::Status::Created,
+            RecordedStatus::Running => proto::Status::Running,
+            RecordedStatus::Stopped => proto::Status::Stopped,
+        };
+        let r = self.record();
+        proto::ContainerState {
+            id: r.id,
+            status: status as i32,
+            pid: r.pid,
+            exit_code: r.exit_code,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            exited_at: r.exited_at,
+            oom_killed: r.oom_killed,
+        }
+    }
+
+    fn exit_status(&self) -> Option<proto::ExitStatus> {
+        let e = self.exit.as_ref()?;
+        Some(proto::ExitStatus {
+            id: self.id.clone(),
+            pid: self.pid,
+            exit_code: e.code,
+            exited_at: nanos(Some(e.at)),
+            oom_killed: e.oom_killed,
+        })
+    }
+
+    fn persist(&self) {
+        if let Err(e) = status::write(&self.dir, &self.record()) {
+            tracing::warn!(id = %self.id, error = %e, "recording container status failed");
+        }
+    }
+}
+
+/// Unix nanoseconds, 0 for none.
+fn nanos(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Container>,
+    /// Ids whose Create is in progress.
+    creating: HashSet<String>,
+}
+
+/// The serving shim.
+pub struct Shim {
+    config: ShimConfig,
+    runtime: RuntimeDriver,
+    reaper: Arc<Mutex<Reaper>>,
+    state: Mutex<State>,
+    events: broadcast::Sender<proto::ExitStatus>,
+    shutdown: Notify,
+    seq: AtomicU64,
+}
+
+/// Ends a start (see [`Reaper::begin_start`]) when dropped, whatever path the start took.
+struct StartGuard<'a>(&'a Mutex<Reaper>);
+
+impl<'a> StartGuard<'a> {
+    fn new(reaper: &'a Mutex<Reaper>) -> Self {
+        lock(reaper).begin_start();
+        StartGuard(reaper)
+    }
+}
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.0).end_start();
+    }
+}
+
+/// Releases a container id reserved by Create when dropped.
+struct Reservation<'a>(&'a Shim, String);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).creating.remove(&self.1);
+    }
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
+    if ok { Ok(()) } else { Err(Error::invalid(format!("invalid container id {id:?}"))) }
+}
+
+fn read_pid(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path).context(|| format!("reading pid file {}", path.display()))?;
+    text.trim().parse::<u32>().ok().filter(|&p| p > 0 && p <= i32::MAX as u32).ok_or_else(|| {
+        Error::internal(format!("pid file {} holds {:?}, not a pid", path.display(), text.trim()))
+    })
+}
+
+type Answer = Result<Option<response::Result>>;
+
+impl Shim {
+    /// A shim with no containers, driving the runtime named in `config`.
+    pub fn new(config: ShimConfig) -> Arc<Shim> {
+        let reaper = Arc::new(Mutex::new(Reaper::default()));
+        let runtime = RuntimeDriver::new(
+            config.runtime.clone(),
+            config.runtime_root.clone(),
+            config.runtime_args.iter().map(Into::into).collect(),
+            reaper.clone(),
+        );
+        Arc::new(Shim {
+            config,
+            runtime,
+            reaper,
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            shutdown: Notify::new(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Reaps children on every SIGCHLD and dispatches their exits. `sigchld` must have been
+    /// registered before the first child was spawned.
+    pub async fn reap_loop(self: Arc<Self>, mut sigchld: SignalStream) {
+        loop {
+            for exit in reaper::reap() {
+                self.dispatch(exit);
+            }
+            if sigchld.recv().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Accepts connections until Shutdown succeeds.
+    pub async fn serve(self: &Arc<Self>, listener: UnixListener) {
+        loop {
+            tokio::select! {
+                conn = listener.accept() => match conn {
+                    Ok((stream, _)) => {
+                        tokio::spawn(self.clone().connection(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = self.shutdown.notified() => return,
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, exit: Exit) {
+        let target = lock(&self.reaper).exited(exit);
+        match target {
+            Some(Target::Notify(tx)) => {
+                let _ = tx.send(exit);
+            }
+            Some(Target::Container(id)) => self.container_exited(&id, exit),
+            None => tracing::debug!(pid = exit.pid, code = exit.code, "reaped an unwatched process"),
+        }
+    }
+
+    /// The init of a container was reaped: take the OOM evidence now (before anything removes the
+    /// cgroup), then publish once the output has drained.
+    fn container_exited(self: &Arc<Self>, id: &str, exit: Exit) {
+        let io = {
+            let mut state = lock(&self.state);
+            let Some(c) = state.containers.get_mut(id) else { return };
+            if c.pid as i32 != exit.pid || c.exiting || c.exit.is_some() {
+                return;
+            }
+            let oom_killed = c.oom.read().is_some_and(|n| n > c.oom_baseline);
+            c.exit = Some(ExitInfo { code: exit.code, at: exit.at, oom_killed });
+            c.exiting = true;
+            std::mem::take(&mut c.io)
+        };
+        tracing::info!(id, pid = exit.pid, code = exit.code, "container exited");
+        let shim = self.clone();
+        let id = id.to_string();
+        let span = tracing::info_span!("exit", id);
+        tokio::spawn(
+            async move {
+                let _ = tokio::time::timeout(IO_DRAIN, futures_util::future::join_all(io)).await;
+                shim.publish_exit(&id);
+            }
+            .instrument(span),
+        );
+    }
+
+    fn publish_exit(&self, id: &str) {
+        let status = {
+            let mut state = lock(&self.state);
+            let Some(c) = state.containers.get_mut(id) else { return };
+            c.status = RecordedStatus::Stopped;
+            c.exiting = false;
+            c.persist();
+            let Some(status) = c.exit_status() else { return };
+            c.exited.send_replace(Some(status.clone()));
+            status
+        };
+        let _ = self.events.send(status);
+    }
+
+    async fn connection(self: Arc<Self>, mut stream: UnixStream) {
+        let request =
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_message::<_, proto::Request>(&mut stream)).await
+            {
+                Ok(Ok(Some(request))) => request,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "reading a request failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let Some(call) = request.call else {
+            let _ =
+                write_message(&mut stream, &answer(Err(Error::invalid("empty or unknown request")))).await;
+            return;
+        };
+        let (mut rd, mut wr) = stream.split();
+        let gone = client_gone(&mut rd);
+        match call {
+            Call::Wait(req) => self.wait(req, gone, &mut wr).await,
+            Call::Events(_) => self.events(gone, &mut wr).await,
+            Call::Shutdown(_) => {
+                let result = self.can_shut_down();
+                let ok = result.is_ok();
+                let _ = write_message(&mut wr, &answer(result.map(|()| None))).await;
+                if ok {
+                    tracing::info!("shutting down on request");
+                    self.shutdown.notify_one();
+                }
+            }
+            call => {
+                let name = call_name(&call);
+                let started = Instant::now();
+                let result = self.handle(call, gone).instrument(tracing::info_span!("call", name)).await;
+                let elapsed = started.elapsed();
+                match &result {
+                    Ok(_) => tracing::debug!(name, ?elapsed, "ok"),
+                    Err(e) => tracing::info!(name, ?elapsed, error = %e, "failed"),
+                }
+                if let Err(e) = write_message(&mut wr, &answer(result)).await {
+                    tracing::debug!(name, error = %e, "writing a response failed");
+                }
+            }
+        }
+    }
+
+    /// Answers the calls with one response; `gone` resolves if the client hangs up meanwhile.
+    async fn handle(self: &Arc<Self>, call: Call, gone: impl Future<Output = ()>) -> Answer {
+        use response::Result as R;
+        match call {
+            Call::Create(req) => Ok(Some(R::Create(proto::CreateResponse { pid: self.create(req).await? }))),
+            Call::Start(req) => Ok(Some(R::Start(proto::StartResponse { pid: self.start(&req.id).await? }))),
+            Call::Kill(req) => self.kill(req).await.map(|()| None),
+            Call::Delete(req) => self.delete(&req.id).await.map(|()| None),
+            Call::State(req) => {
+                let state = lock(&self.state);
+                let c = state.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+                Ok(Some(R::State(c.state())))
+            }
+            Call::List(_) => {
+                let state = lock(&self.state);
+                let mut containers: Vec<_> = state.containers.values().map(Container::state).collect();
+                containers.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Some(R::List(proto::ListResponse { containers })))
+            }
+            Call::ExecSync(req) => Ok(Some(R::ExecSync(self.exec_sync(req, gone).await?))),
+            Call::Update(req) => self.update(req).await.map(|()| None),
+            Call::ReopenLog(req) => {
+                let log = self.container(&req.id, |c| c.log.clone())?;
+                lock(&log).reopen().map(|()| None)
+            }
+            Call::Ping(_) => Ok(Some(R::Ping(proto::PingResponse {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }))),
+            Call::Wait(_) | Call::Events(_) | Call::Shutdown(_) => {
+                Err(Error::internal("streaming call reached the unary handler"))
+            }
+        }
+    }
+
+    fn container<T>(&self, id: &str, f: impl FnOnce(&Container) -> T) -> Result<T> {
+        let state = lock(&self.state);
+        state.containers.get(id).map(f).ok_or_else(|| not_found(id))
+    }
+
+    async fn create(self: &Arc<Self>, req: proto::CreateRequest) -> Result<u32> {
+        let id = req.id.clone();
+        validate_id(&id)?;
+        {
+            let mut state = lock(&self.state);
+            if state.containers.contains_key(&id) || !state.creating.insert(id.clone()) {
+                return Err(Error::already_exists(format!(
+                    "container {id} already exists in pod {}",
+                    self.config.id
+                )));
+            }
+        }
+        let _reservation = Reservation(self, id.clone());
+        let dir = self.config.dir.join("containers").join(&id);
+        let result = self.create_in(&dir, req).await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    async fn create_in(self: &Arc<Self>, dir: &Path, req: proto::CreateRequest) -> Result<u32> {
+        let id = req.id;
+        let what = format!("creating container {id}");
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() {
+            return Err(Error::invalid(format!(
+                "{what}: the bundle must be an absolute path, not {bundle:?}"
+            )));
+        }
+        let spec_path = bundle.join("config.json");
+        let spec = std::fs::read(&spec_path).context_kind(ErrorKind::InvalidArgument, || {
+            format!("{what}: reading {}", spec_path.display())
+        })?;
+        let spec: serde_json::Value = serde_json::from_slice(&spec)
+            .context_kind(ErrorKind::InvalidArgument, || {
+                format!("{what}: parsing {}", spec_path.display())
+            })?;
+        let terminal = spec.pointer("/process/terminal").and_then(|v| v.as_bool()).unwrap_or(false);
+        if terminal != req.tty {
+            return Err(Error::invalid(format!(
+                "{what}: tty is {} but process.terminal is {terminal}",
+                req.tty
+            )));
+        }
+        let oom = OomCounter::locate(
+            &self.config.cgroup_root,
+            spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()),
+            &id,
+        );
+        std::fs::create_dir_all(dir).context(|| format!("{what}: creating {}", dir.display()))?;
+        let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
+        let log = Arc::new(Mutex::new(LogFile::open(log_path.as_deref()).map_err(|e| e.context(&what))?));
+        let pid_file = dir.join("init.pid");
+        let mut args =
+            vec![os("create"), os("--bundle"), bundle.as_os_str(), os("--pid-file"), pid_file.as_os_str()];
+
+        // Held until the init's pid is watched, so that an early exit is kept for it.
+        let start = StartGuard::new(&self.reaper);
+        let (readers, stdin, console) = if req.tty {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let socket = self.config.dir.join(format!("console-{seq}.sock"));
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(Error::invalid(format!(
+                    "{what}: console socket path {} is too long",
+                    socket.display()
+                )));
+            }
+            let _ = std::fs::remove_file(&socket);
+            let listener =
+                UnixListener::bind(&socket).context(|| format!("{what}: binding {}", socket.display()))?;
+            let _socket_file = RemoveOnDrop(vec![socket.clone()]);
+            let receiving: JoinHandle<std::io::Result<OwnedFd>> = tokio::spawn(async move {
+                let (conn, _) = listener.accept().await?;
+                fd::receive_fd(&conn).await
+            });
+            args.extend([os("--console-socket"), socket.as_os_str(), os(&id)]);
+            if let Err(e) = self.runtime.run(dir, &args, RuntimeStdio::null(), &what).await {
+                receiving.abort();
+                return Err(e);
+            }
+            // The runtime sent the master before exiting, so it is already waiting in the socket.
+            let receiving_abort = receiving.abort_handle();
+            let master = match tokio::time::timeout(Duration::from_secs(5), receiving).await {
+                Ok(Ok(Ok(fd))) => fd,
+                Ok(Ok(Err(e))) => {
+                    let e = Error::with_source(ErrorKind::Internal, format!("{what}: receiving the pty"), e);
+                    return Err(self.undo_create(dir, &id, e).await);
+                }
+                _ => {
+                    receiving_abort.abort();
+                    let e = Error::internal(format!("{what}: the runtime sent no pty"));
+                    return Err(self.undo_create(dir, &id, e).await);
+                }
+            };
+            let reader = match master.try_clone() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let e =
+                        Error::with_source(ErrorKind::Internal, format!("{what}: duplicating the pty"), e);
+                    return Err(self.undo_create(dir, &id, e).await);
+                }
+            };
+            (vec![(reader, Stream::Stdout)], None, Some(master))
+        } else {
+            let (out_r, out_w) = stdio::pipe()?;
+            let (err_r, err_w) = stdio::pipe()?;
+            let (child_stdin, stdin) = if req.stdin {
+                let (r, w) = stdio::pipe()?;
+                (Stdio::from(r), Some(w))
+            } else {
+                (Stdio::null(), None)
+            };
+            args.push(os(&id));
+            let stdio = RuntimeStdio {
+                stdin: child_stdin,
+                stdout: Stdio::from(out_w),
+                stderr: Some(Stdio::from(err_w)),
+            };
+            self.runtime.run(dir, &args, stdio, &what).await?;
+            (vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)], stdin, None)
+        };
+
+        let pid = match read_pid(&pid_file) {
+            Ok(pid) => pid,
+            Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
+        };
+        let mut io = Vec::new();
+        for (fd, stream) in readers {
+            match stdio::receiver(fd) {
+                Ok(rx) => {
+                    let span = tracing::info_span!("output", id, stream = stream.as_str());
+                    let copy = stdio::copy_to_log(rx, stream, self.config.log_line_max, log.clone());
+                    io.push(tokio::spawn(copy.instrument(span)));
+                }
+                Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
+            }
+        }
+        let container = Container {
+            id: id.clone(),
+            dir: dir.to_path_buf(),
+            pid,
+            status: RecordedStatus::Created,
+            created_at: SystemTime::now(),
+            started_at: None,
+            exit: None,
+            exiting: false,
+            log,
+            stdin,
+            console,
+            io_abort: io.iter().map(JoinHandle::abort_handle).collect(),
+            io,
+            oom_baseline: oom.read().unwrap_or(0),
+            oom,
+            exited: watch::channel(None).0,
+        };
+        container.persist();
+        lock(&self.state).containers.insert(id.clone(), container);
+        let early = lock(&self.reaper).watch(pid as i32, Target::Container(id.clone()));
+        drop(start);
+        if let Some((_, exit)) = early {
+            self.container_exited(&id, exit);
+        }
+        tracing::info!(id, pid, "container created");
+        Ok(pid)
+    }
+
+    /// Best-effort removal of a half-created container, returning the error that caused it.
+    async fn undo_create(&self, dir: &Path, id: &str, error: Error) -> Error {
+        let what = format!("cleaning up container {id} after a failed create");
+        if let Err(e) =
+            self.runtime.run(dir, &[os("delete"), os("--force"), os(id)], RuntimeStdio::null(), &what).await
+        {
+            tracing::warn!(error = %e, "cleanup failed");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        error
+    }
+
+    async fn start(&self, id: &str) -> Result<u32> {
+        let dir = {
+            let state = lock(&self.state);
+            let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if c.status != RecordedStatus::Created || c.exiting {
+                return Err(Error::precondition(format!(
+                    "container {id} cannot be started: it is {:?}",
+                    c.status
+                )));
+            }
+            c.dir.clone()
+        };
+        let what = format!("starting container {id}");
+        // Taken before the runtime runs: a quick process may be reaped before `start` returns,
+        // and it must not look like it exited before it started.
+        let started_at = SystemTime::now();
+        self.runtime.run(&dir, &[os("start"), os(id)], RuntimeStdio::null(), &what).await?;
+        let mut state = lock(&self.state);
+        let c = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        c.started_at.get_or_insert(started_at);
+        if c.status == RecordedStatus::Created {
+            c.status = RecordedStatus::Running;
+        }
+        c.persist();
+        tracing::info!(id, pid = c.pid, "container started");
+        Ok(c.pid)
+    }
+
+    async fn kill(&self, req: proto::KillRequest) -> Result<()> {
+        let id = &req.id;
+        if req.signal == 0 || req.signal > 64 {
+            return Err(Error::invalid(format!("invalid signal {} for container {id}", req.signal)));
+        }
+        let dir = {
+            let state = lock(&self.state);
+            let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            // Nothing to signal; with `all`, processes left in a shared namespace may remain.
+            if !c.running() && !req.all {
+                return Ok(());
+            }
+            c.dir.clone()
+        };
+        let signal = req.signal.to_string();
+        let mut args = vec![os("kill")];
+        if req.all {
+            args.push(os("--all"));
+        }
+        args.extend([os(id), os(&signal)]);
+        let what = format!("signalling container {id} with {signal}");
+        match self.runtime.run(&dir, &args, RuntimeStdio::null(), &what).await {
+            Ok(()) => Ok(()),
+            // It exited meanwhile: the reaper has seen it by the time the runtime's own exit came.
+            Err(_) if self.container(id, |c| c.exit.is_some()).unwrap_or(true) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let Ok((dir, running, mut exited)) =
+            self.container(id, |c| (c.dir.clone(), c.running(), c.exited.subscribe()))
+        else {
+            return Ok(());
+        };
+        let what = format!("deleting container {id}");
+        if running {
+            self.runtime
+                .run(&dir, &[os("delete"), os("--force"), os(id)], RuntimeStdio::null(), &what)
+                .await?;
+            tokio::time::timeout(DELETE_EXIT_TIMEOUT, exited.wait_for(Option::is_some))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!("{what}: it did not exit after a forced delete"),
+                    )
+                })?
+                .map_err(|_| Error::internal(format!("{what}: its exit was lost")))?;
+        } else if let Err(e) =
+            self.runtime.run(&dir, &[os("delete"), os(id)], RuntimeStdio::null(), &what).await
+        {
+            let forced = self
+                .runtime
+                .run(&dir, &[os("delete"), os("--force"), os(id)], RuntimeStdio::null(), &what)
+                .await;
+            if forced.is_err() {
+                // Already gone from the runtime (deleted before, or its state dir was wiped)?
+                let probe = format!("checking whether container {id} still exists");
+                if self.runtime.run(&dir, &[os("state"), os(id)], RuntimeStdio::null(), &probe).await.is_ok()
+                {
+                    return Err(e);
+                }
+            }
+        }
+        let removed = lock(&self.state).containers.remove(id);
+        if let Some(c) = removed {
+            for task in &c.io_abort {
+                task.abort();
+            }
+            if let Err(e) = std::fs::remove_dir_all(&c.dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(id, error = %e, "removing the container directory failed");
+            }
+        }
+        tracing::info!(id, "container deleted");
+        Ok(())
+    }
+
+    /// Runs a process to completion. It is killed when the timeout passes or the client hangs up
+    /// (`gone`): nobody would read its result.
+    async fn exec_sync(
+        self: &Arc<Self>,
+        req: proto::ExecSyncRequest,
+        gone: impl Future<Output = ()>,
+    ) -> Result<proto::ExecSyncResponse> {
+        let started = Instant::now();
+        let id = req.id.as_str();
+        let dir = {
+            let state = lock(&self.state);
+            let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if c.status != RecordedStatus::Running || c.exiting {
+                return Err(Error::precondition(format!("cannot exec in container {id}: it is not running")));
+            }
+            c.dir.clone()
+        };
+        let what = format!("executing a process in container {id}");
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let process_file = dir.join(format!("exec-{seq}.json"));
+        let pid_file = dir.join(format!("exec-{seq}.pid"));
+        let _files = RemoveOnDrop(vec![process_file.clone(), pid_file.clone()]);
+        std::fs::write(&process_file, &req.process_json)
+            .context(|| format!("{what}: writing {}", process_file.display()))?;
+        let cap = match req.max_output_bytes {
+            0 => EXEC_OUTPUT_CAP,
+            n => (n as usize).min(EXEC_OUTPUT_CAP),
+        };
+        // A timeout too far away to represent is no timeout.
+        let deadline =
+            started.checked_add(Duration::from_millis(req.timeout_ms)).filter(|_| req.timeout_ms > 0);
+
+        let (out_r, out_w) = stdio::pipe()?;
+        let (err_r, err_w) = stdio::pipe()?;
+        let (out_rx, err_rx) = (stdio::receiver(out_r)?, stdio::receiver(err_r)?);
+        let done = Notify::new();
+        let run = async {
+            let result = async {
+                let (pid, mut rx) = {
+                    let _start = StartGuard::new(&self.reaper);
+                    let args = [
+                        os("exec"),
+                        os("-d"),
+                        os("--pid-file"),
+                        pid_file.as_os_str(),
+                        os("--process"),
+                        process_file.as_os_str(),
+                        os(id),
+                    ];
+                    let stdio = RuntimeStdio {
+                        stdin: Stdio::null(),
+                        stdout: Stdio::from(out_w),
+                        stderr: Some(Stdio::from(err_w)),
+                    };
+                    self.runtime.run(&dir, &args, stdio, &what).await?;
+                    let pid = read_pid(&pid_file).map_err(|e| e.context(&what))?;
+                    let (tx, rx) = oneshot::channel();
+                    if let Some((Target::Notify(tx), exit)) =
+                        lock(&self.reaper).watch(pid as i32, Target::Notify(tx))
+                    {
+                        let _ = tx.send(exit);
+                    }
+                    (pid, rx)
+                };
+                let lost = || Error::internal(format!("{what}: the reaper lost the exit of pid {pid}"));
+                let timer = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let hung_up = tokio::select! {
+                    exit = &mut rx => return Ok((exit.map_err(|_| lost())?, false)),
+                    _ = timer => false,
+                    _ = gone => true,
+                };
+                let exit = match rx.try_recv() {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        // Not reaped yet (at worst a zombie), so the pid is still this process.
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        rx.await.map_err(|_| lost())?
+                    }
+                };
+                if hung_up {
+                    return Err(Error::new(ErrorKind::Cancelled, format!("{what}: the client hung up")));
+                }
+                Ok((exit, true))
+            }
+            .await;
+            done.notify_one();
+            result
+        };
+        let (result, (stdout, stderr)) =
+            tokio::join!(run, stdio::capture(out_rx, err_rx, cap, &done, IO_DRAIN));
+        let (exit, timed_out): (Exit, bool) = result?;
+        Ok(proto::ExecSyncResponse { exit_code: exit.code, stdout, stderr, timed_out })
+    }
+
+    async fn update(&self, req: proto::UpdateRequest) -> Result<()> {
+        let id = &req.id;
+        let dir = self.container(id, |c| c.dir.clone())?;
+        let what = format!("updating the resources of container {id}");
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        // A file, not stdin: a pipe could fill before the runtime reads it.
+        let file = dir.join(format!("update-{seq}.json"));
+        let _file = RemoveOnDrop(vec![file.clone()]);
+        std::fs::write(&file, &req.resources_json)
+            .context(|| format!("{what}: writing {}", file.display()))?;
+        self.runtime
+            .run(
+                &dir,
+                &[os("update"), os("--resources"), file.as_os_str(), os(id)],
+                RuntimeStdio::null(),
+                &what,
+            )
+            .await
+    }
+
+    fn can_shut_down(&self) -> Result<()> {
+        let state = lock(&self.state);
+        let busy = state.containers.values().filter(|c| c.running()).count() + state.creating.len();
+        if busy > 0 {
+            return Err(Error::precondition(format!(
+                "shim of pod {} cannot shut down: {busy} containers are created or running",
+                self.config.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, req: proto::WaitRequest, gone: impl Future<Output = ()>, wr: &mut WriteHalf<'_>) {
+        let id = req.id;
+        let mut exited = match self.container(&id, |c| c.exited.subscribe()) {
+            Ok(rx) => rx,
+            Err(e) => {
+                let _ = write_message(wr, &answer(Err(e))).await;
+                return;
+            }
+        };
+        let result = tokio::select! {
+            r = exited.wait_for(Option::is_some) => match r {
+                Ok(status) => Ok(status.clone().map(response::Result::Exit)),
+                Err(_) => Err(Error::not_found(format!("container {id} was deleted before it exited"))),
+            },
+            _ = gone => return,
+        };
+        let _ = write_message(wr, &answer(result)).await;
+    }
+
+    async fn events(&self, gone: impl Future<Output = ()>, wr: &mut WriteHalf<'_>) {
+        let mut events = self.events.subscribe();
+        if write_message(wr, &answer(Ok(None))).await.is_err() {
+            return;
+        }
+        tokio::pin!(gone);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(exit) => {
+                        let event = proto::Event { event: Some(proto::event::Event::Exit(exit)) };
+                        if write_message(wr, &event).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Closing tells the subscriber it missed events and must list again.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "events subscriber too slow, disconnecting");
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = &mut gone => return,
+            }
+        }
+    }
+}
+
+/// Resolves when the client hangs up: after its request it never sends anything, so any read
+/// completing (end of stream, or stray bytes) means it is done with this connection.
+async fn client_gone(rd: &mut ReadHalf<'_>) {
+    let mut probe = [0u8; 1];
+    let _ = rd.read(&mut probe).await;
+}
+
+/// The call's name, for logs and messages.
+pub fn call_name(call: &Call) -> &'static str {
+    match call {
+        Call::Create(_) => "create",
+        Call::Start(_) => "start",
+        Call::Kill(_) => "kill",
+        Call::Delete(_) => "delete",
+        Call::State(_) => "state",
+        Call::List(_) => "list",
+        Call::Wait(_) => "wait",
+        Call::ExecSync(_) => "exec_sync",
+        Call::Update(_) => "update",
+        Call::ReopenLog(_) => "reopen_log",
+        Call::Events(_) => "events",
+        Call::Shutdown(_) => "shutdown",
+        Call::Ping(_) => "ping",
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::not_found(format!("container {id} not found"))
+}
+
+/// The response for a call's result.
+fn answer(result: Answer) -> proto::Response {
+    match result {
+        Ok(result) => proto::Response { code: proto::Code::Ok as i32, error: String::new(), result },
+        Err(e) => {
+            proto::Response { code: code_from_kind(e.kind()) as i32, error: e.to_string(), result: None }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_are_checked() {
+        for ok in ["abc", "a-b_c.d+e", "0123456789abcdef"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü"] {
+            assert_eq!(validate_id(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pid_files_are_parsed_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pid");
+        std::fs::write(&path, "1234").unwrap();
+        assert_eq!(read_pid(&path).unwrap(), 1234);
+        std::fs::write(&path, "1234\n").unwrap();
+        assert_eq!(read_pid(&path).unwrap(), 1234);
+        for bad in ["", "0", "-1", "x", "99999999999"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(read_pid(&path).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_keep_their_kind_on_the_wire() {
+        let r = answer(Err(Error::not_found("container x not found")));
+        assert_eq!(r.code, proto::Code::NotFound as i32);
+        assert_eq!(r.error, "container x not found");
+        let ok = answer(Ok(None));
+        assert_eq!((ok.code, ok.error.as_str(), ok.result), (0, "", None));
+    }
+}

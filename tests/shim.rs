@@ -1,0 +1,501 @@
+//! The shim against real OCI runtimes (Debian's runc, and crun), as root: bundles built from
+//! busybox-static, a shim launched through `berth::task::launch`, every container, process and
+//! cgroup removed afterwards even when a test fails. Skipped (with a message) when not root or
+//! when the runtime or busybox is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth::ErrorKind;
+use berth::task::{
+    self, ContainerStatus, CreateOptions, ExecSyncOptions, LaunchOptions, ShimApi, ShimClient,
+};
+use futures_util::StreamExt;
+use serde_json::json;
+
+const RUNC: &str = "/usr/sbin/runc";
+const CRUN: &str = "/usr/bin/crun";
+const BUSYBOX: &str = "/bin/busybox";
+
+fn can_run(runtime: &str) -> bool {
+    let ok = nix::unistd::geteuid().is_root() && Path::new(runtime).exists() && Path::new(BUSYBOX).exists();
+    if !ok {
+        eprintln!("skipping: needs root, {runtime} and {BUSYBOX}");
+    }
+    ok
+}
+
+/// A pod under test: a temp state dir, a runtime root, the shim, and the containers to clean up.
+struct Pod {
+    tmp: tempfile::TempDir,
+    runtime: PathBuf,
+    runtime_root: PathBuf,
+    client: ShimClient,
+    created: Vec<String>,
+}
+
+impl Pod {
+    async fn launch(runtime: &str) -> Pod {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = if runtime == CRUN { crun_wrapper(tmp.path()) } else { PathBuf::from(runtime) };
+        let runtime_root = tmp.path().join("runtime-root");
+        let mut opts = LaunchOptions::new(
+            env!("CARGO_BIN_EXE_berth-shim"),
+            "pod1",
+            tmp.path().join("pods/pod1"),
+            &runtime,
+        );
+        opts.runtime_root = Some(runtime_root.clone());
+        let client = task::launch(&opts).await.expect("launching the shim");
+        Pod { tmp, runtime, runtime_root, client, created: Vec::new() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("pods/pod1")
+    }
+
+    fn shim_pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir().join("shim.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.tmp.path().join(format!("{id}.log"))
+    }
+
+    /// Writes a bundle for `args` and creates the container from it.
+    async fn create(&mut self, id: &str, args: &[&str], tweak: impl FnOnce(&mut serde_json::Value)) -> u32 {
+        let bundle = self.tmp.path().join("bundles").join(id);
+        let mut spec = bundle_spec(&bundle, args, &cgroup_name(self, id));
+        tweak(&mut spec);
+        let tty = spec["process"]["terminal"].as_bool().unwrap_or(false);
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        self.created.push(id.to_string());
+        let opts =
+            CreateOptions { id: id.into(), bundle, stdin: false, tty, log_path: Some(self.log_path(id)) };
+        self.client.create(&opts).await.expect("creating the container")
+    }
+
+    /// The log's records without their timestamps.
+    fn log(&self, id: &str) -> Vec<String> {
+        read_records(&self.log_path(id))
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for id in &self.created {
+            let _ = Command::new(&self.runtime)
+                .arg("--root")
+                .arg(&self.runtime_root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.dir().join("shim.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+fn read_records(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Split on \n only: `lines()` would also drop a \r that belongs to the content.
+    text.split_terminator('\n')
+        .map(|l| {
+            let (ts, rest) = l.split_once(' ').unwrap();
+            assert!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts:?}");
+            rest.to_string()
+        })
+        .collect()
+}
+
+/// A per-test cgroup name, so parallel tests and leftovers never collide.
+fn cgroup_name(pod: &Pod, id: &str) -> String {
+    let tag = pod.tmp.path().file_name().unwrap().to_string_lossy().replace('.', "");
+    format!("/berth-test-{tag}-{id}")
+}
+
+/// crun refuses hybrid cgroups while the v2 hierarchy has controllers (as on this machine); the
+/// wrapper hides /sys/fs/cgroup/unified in a private mount namespace so crun sees plain v1.
+fn crun_wrapper(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("crun");
+    let script = format!(
+        "#!/bin/sh\nexec unshare -m --propagation private sh -c 'mount -t tmpfs none /sys/fs/cgroup/unified && exec {CRUN} \"$@\"' crun \"$@\"\n"
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A busybox rootfs and the `runc spec` defaults, adjusted: host network, writable root, no tty.
+fn bundle_spec(bundle: &Path, args: &[&str], cgroup: &str) -> serde_json::Value {
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+    for tool in ["sh", "echo", "sleep", "cat", "true", "false", "yes", "head"] {
+        std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+    }
+    let out = Command::new(RUNC).args(["spec", "--bundle"]).arg(bundle).output().unwrap();
+    assert!(out.status.success(), "runc spec: {out:?}");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["args"] = json!(args);
+    spec["process"]["terminal"] = json!(false);
+    spec["root"]["readonly"] = json!(false);
+    spec["linux"]["cgroupsPath"] = json!(cgroup);
+    let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != "network");
+    spec
+}
+
+fn without_pid_namespace(spec: &mut serde_json::Value) {
+    spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+}
+
+fn process(args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+    }))
+    .unwrap()
+}
+
+fn exec(id: &str, args: &[&str], timeout: Duration, max_output_bytes: usize) -> ExecSyncOptions {
+    ExecSyncOptions { id: id.into(), process_json: process(args), timeout, max_output_bytes }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_start_wait(runtime: &str) {
+    let mut pod = Pod::launch(runtime).await;
+    let mut events = pod.client.events().await.unwrap();
+    let pid = pod.create("c1", &["sh", "-c", "echo hi; echo err >&2; exit 3"], |_| {}).await;
+    assert!(pid > 0);
+    let state = pod.client.state("c1").await.unwrap();
+    assert_eq!((state.status, state.pid), (ContainerStatus::Created, pid));
+    assert_eq!(pod.client.start("c1").await.unwrap(), pid);
+
+    let exit = pod.client.wait("c1").await.unwrap();
+    assert_eq!((exit.id.as_str(), exit.pid, exit.exit_code, exit.oom_killed), ("c1", pid, 3, false));
+    let mut log = pod.log("c1");
+    log.sort();
+    assert_eq!(log, ["stderr F err", "stdout F hi"]);
+
+    let event = events.next().await.unwrap().unwrap();
+    assert_eq!(event, exit);
+    let state = pod.client.state("c1").await.unwrap();
+    assert_eq!((state.status, state.exit_code), (ContainerStatus::Stopped, 3));
+    assert!(state.started_at.is_some() && state.exited_at >= state.started_at);
+    let recorded = task::recorded_states(&pod.dir()).unwrap();
+    assert_eq!((recorded[0].status, recorded[0].exit_code), (ContainerStatus::Stopped, 3));
+
+    // Stopped: kill is a no-op, Start is refused, Wait answers at once.
+    pod.client.kill("c1", 9, false).await.unwrap();
+    assert_eq!(pod.client.start("c1").await.unwrap_err().kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(pod.client.wait("c1").await.unwrap(), exit);
+
+    pod.client.delete("c1").await.unwrap();
+    pod.client.delete("c1").await.unwrap();
+    assert_eq!(pod.client.state("c1").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!pod.dir().join("containers/c1").exists());
+    assert!(pod.client.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn runc_create_start_wait_and_log() {
+    if can_run(RUNC) {
+        create_start_wait(RUNC).await;
+    }
+}
+
+#[tokio::test]
+async fn crun_create_start_wait_and_log() {
+    if can_run(CRUN) && can_run(RUNC) {
+        create_start_wait(CRUN).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_sleep_with_143() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    // Outside a pid namespace: as a namespace's init, sleep would ignore SIGTERM.
+    pod.create("sleeper", &["sleep", "1000"], without_pid_namespace).await;
+    pod.client.start("sleeper").await.unwrap();
+    assert_eq!(pod.client.state("sleeper").await.unwrap().status, ContainerStatus::Running);
+    assert_eq!(pod.client.kill("sleeper", 0, false).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    pod.client.kill("sleeper", 15, false).await.unwrap();
+    assert_eq!(pod.client.wait("sleeper").await.unwrap().exit_code, 143);
+    pod.client.delete("sleeper").await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_sync_output_timeout_and_cap() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    pod.create("box", &["sleep", "1000"], |_| {}).await;
+    pod.client.start("box").await.unwrap();
+    let dup = CreateOptions {
+        id: "box".into(),
+        bundle: pod.tmp.path().join("bundles/box"),
+        stdin: false,
+        tty: false,
+        log_path: None,
+    };
+    assert_eq!(pod.client.create(&dup).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+
+    // `echo` usually exits before `runc exec -d` does: its exit is claimed after the fact.
+    let r = pod.client.exec_sync(&exec("box", &["echo", "ok"], Duration::from_secs(10), 0)).await.unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice(), r.timed_out),
+        (0, &b"ok\n"[..], &b""[..], false)
+    );
+
+    let r = pod
+        .client
+        .exec_sync(&exec("box", &["sh", "-c", "echo out; echo err >&2; exit 7"], Duration::ZERO, 0))
+        .await
+        .unwrap();
+    assert_eq!((r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()), (7, &b"out\n"[..], &b"err\n"[..]));
+
+    let start = Instant::now();
+    let r =
+        pod.client.exec_sync(&exec("box", &["sleep", "10"], Duration::from_millis(500), 0)).await.unwrap();
+    assert!(r.timed_out);
+    assert_eq!(r.exit_code, 137);
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    // Only the container's init is left in its cgroup: the exec'd sleep is gone.
+    let procs_path = PathBuf::from("/sys/fs/cgroup/pids")
+        .join(cgroup_name(&pod, "box").trim_start_matches('/'))
+        .join("cgroup.procs");
+    let procs = std::fs::read_to_string(&procs_path).unwrap();
+    assert_eq!(procs.lines().count(), 1, "processes left: {procs}");
+
+    // A client that hangs up takes its exec with it, even without a timeout.
+    let client = pod.client.clone();
+    let hung_up =
+        tokio::spawn(
+            async move { client.exec_sync(&exec("box", &["sleep", "100"], Duration::ZERO, 0)).await },
+        );
+    wait_until("the exec to start", || std::fs::read_to_string(&procs_path).unwrap().lines().count() == 2)
+        .await;
+    hung_up.abort();
+    wait_until("the exec to be killed", || {
+        std::fs::read_to_string(&procs_path).unwrap().lines().count() == 1
+    })
+    .await;
+
+    let r = pod
+        .client
+        .exec_sync(&exec("box", &["sh", "-c", "yes | head -c 50000000"], Duration::from_secs(60), 1000))
+        .await
+        .unwrap();
+    assert_eq!((r.exit_code, r.stdout.len(), r.timed_out), (0, 1000, false));
+    assert!(r.stdout.starts_with(b"y\ny\n"));
+
+    let err = pod.client.exec_sync(&exec("box", &["/nope"], Duration::from_secs(10), 0)).await.unwrap_err();
+    assert!(err.to_string().contains("runc exec failed") && err.to_string().contains("/nope"), "{err}");
+
+    let missing = exec("nope", &["true"], Duration::ZERO, 0);
+    assert_eq!(pod.client.exec_sync(&missing).await.unwrap_err().kind(), ErrorKind::NotFound);
+
+    pod.client.kill("box", 9, false).await.unwrap();
+    assert_eq!(pod.client.wait("box").await.unwrap().exit_code, 137);
+    let stopped = exec("box", &["true"], Duration::ZERO, 0);
+    assert_eq!(pod.client.exec_sync(&stopped).await.unwrap_err().kind(), ErrorKind::FailedPrecondition);
+    pod.client.delete("box").await.unwrap();
+}
+
+#[tokio::test]
+async fn quick_exit_of_true_is_reported() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    let mut events = pod.client.events().await.unwrap();
+    pod.create("t", &["true"], |_| {}).await;
+    pod.client.start("t").await.unwrap();
+    let event = events.next().await.unwrap().unwrap();
+    assert_eq!((event.id.as_str(), event.exit_code), ("t", 0));
+    assert_eq!(pod.client.wait("t").await.unwrap().exit_code, 0);
+    pod.client.delete("t").await.unwrap();
+
+    // A created container that never starts is killed by Delete, and its exit still reported.
+    let pid = pod.create("never", &["true"], |_| {}).await;
+    pod.client.delete("never").await.unwrap();
+    let event = events.next().await.unwrap().unwrap();
+    assert_eq!((event.id.as_str(), event.pid, event.exit_code), ("never", pid, 137));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[tokio::test]
+async fn shim_survives_its_launcher_and_shuts_down_when_idle() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    let shim_pid = pod.shim_pid();
+    let stat = std::fs::read_to_string(format!("/proc/{shim_pid}/stat")).unwrap();
+    let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_ne!(ppid, std::process::id(), "the shim is detached from its launcher");
+
+    pod.create("c", &["sleep", "1000"], |_| {}).await;
+    pod.client.start("c").await.unwrap();
+    // berthd "restarts": a new client, and a second launch reuses the running shim.
+    pod.client = ShimClient::connect(&pod.dir()).await.unwrap();
+    assert_eq!(pod.client.list().await.unwrap()[0].status, ContainerStatus::Running);
+    let mut opts = LaunchOptions::new(env!("CARGO_BIN_EXE_berth-shim"), "pod1", pod.dir(), RUNC);
+    opts.runtime_root = Some(pod.runtime_root.clone());
+    let again = task::launch(&opts).await.unwrap();
+    assert_eq!(again.ping().await.unwrap().pid as i32, shim_pid);
+
+    let shim: &dyn ShimApi = &pod.client;
+    assert_eq!(shim.shutdown().await.unwrap_err().kind(), ErrorKind::FailedPrecondition);
+    // Delete kills a running container and waits for its exit.
+    shim.delete("c").await.unwrap();
+    shim.shutdown().await.unwrap();
+    wait_until("the shim to exit", || {
+        std::fs::read_to_string(format!("/proc/{shim_pid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
+    })
+    .await;
+    assert!(!pod.dir().join("shim.sock").exists() && !pod.dir().join("shim.pid").exists());
+    assert_eq!(ShimClient::connect(&pod.dir()).await.unwrap_err().kind(), ErrorKind::Unavailable);
+}
+
+#[tokio::test]
+async fn tty_output_reaches_the_log() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    pod.create("tty", &["sh", "-c", "echo tty-hello"], |spec| spec["process"]["terminal"] = json!(true))
+        .await;
+    pod.client.start("tty").await.unwrap();
+    assert_eq!(pod.client.wait("tty").await.unwrap().exit_code, 0);
+    // The pty turns \n into \r\n; the \r is kept as content.
+    assert_eq!(pod.log("tty"), ["stdout F tty-hello\r"]);
+    pod.client.delete("tty").await.unwrap();
+}
+
+#[tokio::test]
+async fn stdin_pipe_is_held_open_for_attach() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    for (id, stdin) in [("closed", false), ("open", true)] {
+        let bundle = pod.tmp.path().join("bundles").join(id);
+        let spec = bundle_spec(&bundle, &["sh", "-c", "read x; echo eof"], &cgroup_name(&pod, id));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        pod.created.push(id.to_string());
+        let opts =
+            CreateOptions { id: id.into(), bundle, stdin, tty: false, log_path: Some(pod.log_path(id)) };
+        pod.client.create(&opts).await.unwrap();
+        pod.client.start(id).await.unwrap();
+    }
+    // Without stdin, `read` sees /dev/null's end at once; with it, the shim holds the write end.
+    assert_eq!(pod.client.wait("closed").await.unwrap().exit_code, 0);
+    assert_eq!(pod.log("closed"), ["stdout F eof"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pod.client.state("open").await.unwrap().status, ContainerStatus::Running);
+    pod.client.delete("open").await.unwrap();
+    pod.client.delete("closed").await.unwrap();
+}
+
+#[tokio::test]
+async fn reopen_log_update_and_oom() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    pod.create(
+        "talker",
+        &["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.1; done"],
+        |_| {},
+    )
+    .await;
+    pod.client.start("talker").await.unwrap();
+    let path = pod.log_path("talker");
+    wait_until("a first line", || !read_records(&path).is_empty()).await;
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    pod.client.reopen_log("talker").await.unwrap();
+    wait_until("a line in the new file", || !read_records(&path).is_empty()).await;
+    assert!(read_records(&rotated).iter().all(|l| l.starts_with("stdout F line")));
+
+    pod.client.update("talker", br#"{"memory":{"limit":67108864}}"#).await.unwrap();
+    let limit = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(cgroup_name(&pod, "talker").trim_start_matches('/'))
+        .join("memory.limit_in_bytes");
+    assert_eq!(std::fs::read_to_string(limit).unwrap().trim(), "67108864");
+    assert_eq!(pod.client.update("nope", b"{}").await.unwrap_err().kind(), ErrorKind::NotFound);
+    pod.client.kill("talker", 9, false).await.unwrap();
+    assert_eq!(pod.client.wait("talker").await.unwrap().exit_code, 137);
+
+    // A shell that keeps 200 MB in a variable under a 32 MiB limit is OOM-killed.
+    pod.create("hog", &["sh", "-c", "x=$(yes | head -c 200000000); echo survived"], |spec| {
+        spec["linux"]["resources"]["memory"] = json!({"limit": 33554432});
+    })
+    .await;
+    pod.client.start("hog").await.unwrap();
+    let exit = pod.client.wait("hog").await.unwrap();
+    assert_eq!((exit.exit_code, exit.oom_killed), (137, true), "{exit:?}");
+    assert!(pod.client.state("hog").await.unwrap().oom_killed);
+    pod.client.delete("hog").await.unwrap();
+    pod.client.delete("talker").await.unwrap();
+}
+
+/// Reports the memory of a shim serving two containers (one logging) after an exec. Checks only
+/// what does not depend on the build profile: one thread, and little private memory.
+#[tokio::test]
+async fn serving_shim_stays_small() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    pod.create("a", &["sleep", "1000"], |_| {}).await;
+    pod.client.start("a").await.unwrap();
+    pod.create("b", &["sh", "-c", "while true; do echo x; sleep 0.1; done"], |_| {}).await;
+    pod.client.start("b").await.unwrap();
+    let r = pod.client.exec_sync(&exec("a", &["echo", "ok"], Duration::from_secs(10), 0)).await.unwrap();
+    assert_eq!(r.exit_code, 0);
+    let log = pod.log_path("b");
+    wait_until("some output of b", || read_records(&log).len() >= 3).await;
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pod.shim_pid())).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    eprintln!(
+        "serving shim with 2 containers: VmRSS {} kB (RssAnon {} kB, RssFile {} kB)",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    );
+    assert_eq!(field("Threads:"), 1, "the shim runs on one thread");
+    assert!(field("RssAnon:") < 2048, "private memory grew: {status}");
+
+    for id in ["a", "b"] {
+        pod.client.kill(id, 9, false).await.unwrap();
+        assert_eq!(pod.client.wait(id).await.unwrap().exit_code, 137);
+        pod.client.delete(id).await.unwrap();
+    }
+}
