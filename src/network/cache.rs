@@ -68,7 +68,9 @@ mod b64 {
 /// `cniCacheV1` entry (it is still removed after a successful DEL).
 #[derive(Debug)]
 pub struct CacheFile {
+    /// The file.
     pub path: PathBuf,
+    /// Its content, if readable.
     pub entry: Option<CachedAttachment>,
 }
 

@@ -12,10 +12,15 @@ use crate::error::{Error, Result};
 /// (kept as JSON values: each plugin defines its own keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfigList {
+    /// Where the list came from (a config file, or a result cache entry).
     pub file: PathBuf,
+    /// The network name.
     pub name: String,
+    /// The spec version used for the list (see `select_version`).
     pub cni_version: String,
+    /// Whether CHECK must not be called.
     pub disable_check: bool,
+    /// The plugin configs, in order.
     pub plugins: Vec<serde_json::Value>,
 }
 

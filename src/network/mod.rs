@@ -75,9 +75,12 @@ pub struct PodNetwork {
 /// A transport protocol of a port mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
+    /// TCP (the default, as in Kubernetes).
     #[default]
     Tcp,
+    /// UDP.
     Udp,
+    /// SCTP.
     Sctp,
 }
 
@@ -95,7 +98,9 @@ impl Protocol {
 /// A host port forwarded into the pod.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortMapping {
+    /// The transport protocol.
     pub protocol: Protocol,
+    /// The port inside the pod.
     pub container_port: u16,
     /// 0 means "no host port": the mapping is not passed to plugins (as containerd does).
     pub host_port: u16,
@@ -106,9 +111,13 @@ pub struct PortMapping {
 /// Bandwidth limits in bits per second, bursts in bits (the `bandwidth` capability's units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Bandwidth {
+    /// Limit of traffic into the pod (0: none).
     pub ingress_rate: u64,
+    /// Burst allowed into the pod.
     pub ingress_burst: u64,
+    /// Limit of traffic out of the pod (0: none).
     pub egress_rate: u64,
+    /// Burst allowed out of the pod.
     pub egress_burst: u64,
 }
 
@@ -196,8 +205,11 @@ pub fn parse_quantity(s: &str) -> Result<u64> {
 /// DNS settings for the pod (`dns` capability).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dns {
+    /// Name server addresses.
     pub servers: Vec<String>,
+    /// Search domains.
     pub searches: Vec<String>,
+    /// resolv.conf options.
     pub options: Vec<String>,
 }
 
