@@ -10,6 +10,8 @@
 
 mod harness;
 
+mod critest;
+
 mod image_auth;
 mod image_concurrent_pull;
 mod image_corrupt_blob;
