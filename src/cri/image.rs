@@ -32,6 +32,15 @@ struct CriImage {
 pub struct ImageService {
     engine: Arc<Engine>,
     sandbox_image: Option<String>,
+    /// The sandbox image as configured.
+    sandbox_image_name: String,
+}
+
+/// An image found by a name, ID or ID prefix.
+pub struct Found {
+    pub info: Arc<ImageInfo>,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
 }
 
 /// The user an image runs as, split as CRI wants it: a numeric uid, or a name.
@@ -88,7 +97,35 @@ fn id_prefix(s: &str) -> Option<&str> {
 impl ImageService {
     pub fn new(engine: Arc<Engine>, config: &Config) -> Self {
         let sandbox_image = Reference::parse(&config.cri.sandbox_image).ok().map(|r| r.to_string());
-        ImageService { engine, sandbox_image }
+        ImageService { engine, sandbox_image, sandbox_image_name: config.cri.sandbox_image.clone() }
+    }
+
+    /// The image `spec` names (a name, an ID or a unique ID prefix), if present.
+    pub fn lookup(&self, spec: &str) -> Result<Option<Found>> {
+        Ok(self.find(spec)?.map(|(img, _)| {
+            let cri = self.to_cri(&img);
+            Found { info: img.info, repo_tags: cri.repo_tags, repo_digests: cri.repo_digests }
+        }))
+    }
+
+    /// The sandbox (pause) image, pulled if it is missing (as containerd does); the built-in one is
+    /// imported at start and re-imported here if it went missing.
+    pub async fn ensure_sandbox_image(&self) -> Result<Arc<ImageInfo>> {
+        if let Some(found) = self.lookup(&self.sandbox_image_name)? {
+            return Ok(found.info);
+        }
+        if self.sandbox_image_name == crate::config::BUILTIN_PAUSE_IMAGE {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || super::pause::ensure_builtin(&engine, NAMESPACE))
+                .await
+                .map_err(|e| Error::internal(format!("importing the pause image: {e}")))??;
+        } else {
+            let reference = Reference::parse(&self.sandbox_image_name)?;
+            self.pull_reference(&reference, None).await?;
+        }
+        self.lookup(&self.sandbox_image_name)?
+            .map(|f| f.info)
+            .ok_or_else(|| Error::not_found(format!("sandbox image {:?} not found", self.sandbox_image_name)))
     }
 
     /// Every image of the namespace, grouped by ID. Records whose content is incomplete are skipped.
@@ -172,6 +209,16 @@ impl ImageService {
         }
         let reference = Reference::parse(spec.trim())?;
         let creds = credentials(req.auth)?;
+        let pulled = self.pull_reference(&reference, creds).await?;
+        Ok(api::PullImageResponse { image_ref: pulled.info.config_digest.to_string() })
+    }
+
+    /// Pulls into the CRI namespace, recording the tag, the repo digest and the ID.
+    async fn pull_reference(
+        &self,
+        reference: &Reference,
+        creds: Option<Credentials>,
+    ) -> Result<crate::engine::image::pull::Pulled> {
         let r = reference.clone();
         let names = Box::new(move |target: &crate::engine::oci::Descriptor, info: &ImageInfo| {
             let mut names = Vec::new();
@@ -182,8 +229,7 @@ impl ImageService {
             names.push(info.config_digest.to_string());
             names
         });
-        let pulled = self.engine.pull(NAMESPACE, &reference, creds, names, None).await?;
-        Ok(api::PullImageResponse { image_ref: pulled.info.config_digest.to_string() })
+        self.engine.pull(NAMESPACE, reference, creds, names, None).await
     }
 
     async fn remove(&self, spec: &str) -> Result<()> {

@@ -10,9 +10,22 @@ use tracing::Instrument;
 
 pub use k8s_cri::v1 as api;
 
+pub mod container_create;
+pub mod container_exec;
+pub mod container_start;
+pub mod container_status;
+pub mod container_stop;
+pub mod files;
 pub mod image;
+pub mod pause;
+pub mod pods;
+pub mod recover;
 pub mod runtime;
+pub mod sandbox_run;
+pub mod sandbox_status;
+pub mod sandbox_stop;
 pub mod status;
+pub mod store;
 
 /// Runs one CRI call: a tracing span named after the method carrying the object id, debug logs of the
 /// outcome and duration, and the error → status mapping.

@@ -1,6 +1,7 @@
-//! CRI RuntimeService. This file holds the node-level calls (Version, Status, RuntimeConfig,
-//! UpdateRuntimeConfig); pod and container calls answer Unimplemented until their issue lands,
-//! never a fake success.
+//! CRI RuntimeService: the node-level calls (Version, Status, RuntimeConfig, UpdateRuntimeConfig)
+//! here, every sandbox and container call dispatched to the pod runtime (`pods.rs` and the files of
+//! each RPC family). Streaming, stats, events and checkpoints answer Unimplemented until their issue
+//! lands, never a fake success.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::api;
 use super::rpc;
+use super::pods::Pods;
 use crate::config::{CgroupDriver, Config};
 
 /// The CRI API version berth speaks.
@@ -20,22 +22,23 @@ pub const RUNTIME_NAME: &str = "berth";
 
 pub struct RuntimeService {
     config: Arc<Config>,
+    pods: Arc<Pods>,
 }
 
 impl RuntimeService {
-    pub fn new(config: Arc<Config>) -> Self {
-        RuntimeService { config }
+    pub fn new(config: Arc<Config>, pods: Arc<Pods>) -> Self {
+        RuntimeService { config, pods }
     }
 
-    fn status_response(&self, verbose: bool) -> api::StatusResponse {
+    async fn status_response(&self, verbose: bool) -> api::StatusResponse {
         let runtime = api::RuntimeCondition {
             r#type: "RuntimeReady".into(),
             status: true,
             reason: String::new(),
             message: String::new(),
         };
-        let network = match crate::network::conf::load_network(&self.config.cni.conf_dir) {
-            Ok(_) => api::RuntimeCondition {
+        let network = match self.pods.network.status().await {
+            Ok(()) => api::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: true,
                 reason: String::new(),
@@ -60,12 +63,13 @@ impl RuntimeService {
             .runtimes
             .handlers
             .keys()
-            .map(|name| api::RuntimeHandler {
-                name: if *name == self.config.runtimes.default { String::new() } else { name.clone() },
-                features: Some(api::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
+            .flat_map(|name| {
+                let features = Some(api::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false });
+                let named = api::RuntimeHandler { name: name.clone(), features };
+                // The default handler also answers to "", as the kubelet names it.
+                let default = (*name == self.config.runtimes.default)
+                    .then(|| api::RuntimeHandler { name: String::new(), features });
+                default.into_iter().chain(std::iter::once(named))
             })
             .collect();
         api::StatusResponse {
@@ -102,7 +106,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn status(&self, r: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
         let verbose = r.get_ref().verbose;
-        rpc("Status", "", async { Ok(self.status_response(verbose)) }).await
+        rpc("Status", "", async { Ok(self.status_response(verbose).await) }).await
     }
 
     async fn runtime_config(
@@ -123,87 +127,138 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn run_pod_sandbox(
         &self,
-        _r: Request<api::RunPodSandboxRequest>,
+        r: Request<api::RunPodSandboxRequest>,
     ) -> Result<Response<api::RunPodSandboxResponse>, Status> {
-        unimplemented("RunPodSandbox")
+        let r = r.into_inner();
+        let name = r.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
+        rpc("RunPodSandbox", &name, async {
+            Ok(api::RunPodSandboxResponse { pod_sandbox_id: self.pods.run_pod_sandbox(r).await? })
+        })
+        .await
     }
     async fn stop_pod_sandbox(
         &self,
-        _r: Request<api::StopPodSandboxRequest>,
+        r: Request<api::StopPodSandboxRequest>,
     ) -> Result<Response<api::StopPodSandboxResponse>, Status> {
-        unimplemented("StopPodSandbox")
+        let id = r.into_inner().pod_sandbox_id;
+        rpc("StopPodSandbox", &id, async {
+            self.pods.stop_pod_sandbox(&id).await?;
+            Ok(api::StopPodSandboxResponse {})
+        })
+        .await
     }
     async fn remove_pod_sandbox(
         &self,
-        _r: Request<api::RemovePodSandboxRequest>,
+        r: Request<api::RemovePodSandboxRequest>,
     ) -> Result<Response<api::RemovePodSandboxResponse>, Status> {
-        unimplemented("RemovePodSandbox")
+        let id = r.into_inner().pod_sandbox_id;
+        rpc("RemovePodSandbox", &id, async {
+            self.pods.remove_pod_sandbox(&id).await?;
+            Ok(api::RemovePodSandboxResponse {})
+        })
+        .await
     }
     async fn pod_sandbox_status(
         &self,
-        _r: Request<api::PodSandboxStatusRequest>,
+        r: Request<api::PodSandboxStatusRequest>,
     ) -> Result<Response<api::PodSandboxStatusResponse>, Status> {
-        unimplemented("PodSandboxStatus")
+        let r = r.into_inner();
+        rpc("PodSandboxStatus", &r.pod_sandbox_id.clone(), async { self.pods.pod_sandbox_status(r) }).await
     }
     async fn list_pod_sandbox(
         &self,
-        _r: Request<api::ListPodSandboxRequest>,
+        r: Request<api::ListPodSandboxRequest>,
     ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
-        unimplemented("ListPodSandbox")
+        let filter = r.into_inner().filter;
+        rpc("ListPodSandbox", "", async { Ok(api::ListPodSandboxResponse { items: self.pods.list_pod_sandbox(filter)? }) })
+            .await
     }
     async fn create_container(
         &self,
-        _r: Request<api::CreateContainerRequest>,
+        r: Request<api::CreateContainerRequest>,
     ) -> Result<Response<api::CreateContainerResponse>, Status> {
-        unimplemented("CreateContainer")
+        let r = r.into_inner();
+        let sandbox = r.pod_sandbox_id.clone();
+        rpc("CreateContainer", &sandbox, async {
+            Ok(api::CreateContainerResponse { container_id: self.pods.create_container(r).await? })
+        })
+        .await
     }
     async fn start_container(
         &self,
-        _r: Request<api::StartContainerRequest>,
+        r: Request<api::StartContainerRequest>,
     ) -> Result<Response<api::StartContainerResponse>, Status> {
-        unimplemented("StartContainer")
+        let id = r.into_inner().container_id;
+        rpc("StartContainer", &id, async {
+            self.pods.start_container(&id).await?;
+            Ok(api::StartContainerResponse {})
+        })
+        .await
     }
     async fn stop_container(
         &self,
-        _r: Request<api::StopContainerRequest>,
+        r: Request<api::StopContainerRequest>,
     ) -> Result<Response<api::StopContainerResponse>, Status> {
-        unimplemented("StopContainer")
+        let r = r.into_inner();
+        rpc("StopContainer", &r.container_id.clone(), async {
+            self.pods.stop_container(&r.container_id, r.timeout).await?;
+            Ok(api::StopContainerResponse {})
+        })
+        .await
     }
     async fn remove_container(
         &self,
-        _r: Request<api::RemoveContainerRequest>,
+        r: Request<api::RemoveContainerRequest>,
     ) -> Result<Response<api::RemoveContainerResponse>, Status> {
-        unimplemented("RemoveContainer")
+        let id = r.into_inner().container_id;
+        rpc("RemoveContainer", &id, async {
+            self.pods.remove_container(&id).await?;
+            Ok(api::RemoveContainerResponse {})
+        })
+        .await
     }
     async fn list_containers(
         &self,
-        _r: Request<api::ListContainersRequest>,
+        r: Request<api::ListContainersRequest>,
     ) -> Result<Response<api::ListContainersResponse>, Status> {
-        unimplemented("ListContainers")
+        let filter = r.into_inner().filter;
+        rpc("ListContainers", "", async {
+            Ok(api::ListContainersResponse { containers: self.pods.list_containers(filter)? })
+        })
+        .await
     }
     async fn container_status(
         &self,
-        _r: Request<api::ContainerStatusRequest>,
+        r: Request<api::ContainerStatusRequest>,
     ) -> Result<Response<api::ContainerStatusResponse>, Status> {
-        unimplemented("ContainerStatus")
+        let r = r.into_inner();
+        rpc("ContainerStatus", &r.container_id.clone(), async { self.pods.container_status(r) }).await
     }
     async fn update_container_resources(
         &self,
-        _r: Request<api::UpdateContainerResourcesRequest>,
+        r: Request<api::UpdateContainerResourcesRequest>,
     ) -> Result<Response<api::UpdateContainerResourcesResponse>, Status> {
-        unimplemented("UpdateContainerResources")
+        let r = r.into_inner();
+        rpc("UpdateContainerResources", &r.container_id.clone(), async {
+            self.pods.update_container_resources(r).await?;
+            Ok(api::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
     async fn reopen_container_log(
         &self,
-        _r: Request<api::ReopenContainerLogRequest>,
+        r: Request<api::ReopenContainerLogRequest>,
     ) -> Result<Response<api::ReopenContainerLogResponse>, Status> {
-        unimplemented("ReopenContainerLog")
+        let id = r.into_inner().container_id;
+        rpc("ReopenContainerLog", &id, async {
+            self.pods.reopen_container_log(&id).await?;
+            Ok(api::ReopenContainerLogResponse {})
+        })
+        .await
     }
-    async fn exec_sync(
-        &self,
-        _r: Request<api::ExecSyncRequest>,
-    ) -> Result<Response<api::ExecSyncResponse>, Status> {
-        unimplemented("ExecSync")
+    async fn exec_sync(&self, r: Request<api::ExecSyncRequest>) -> Result<Response<api::ExecSyncResponse>, Status> {
+        let r = r.into_inner();
+        rpc("ExecSync", &r.container_id.clone(), self.pods.exec_sync(r)).await
     }
     async fn exec(&self, _r: Request<api::ExecRequest>) -> Result<Response<api::ExecResponse>, Status> {
         unimplemented("Exec")
@@ -243,9 +298,16 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
     }
     async fn update_runtime_config(
         &self,
-        _r: Request<api::UpdateRuntimeConfigRequest>,
+        r: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<api::UpdateRuntimeConfigResponse>, Status> {
-        unimplemented("UpdateRuntimeConfig")
+        let cidr = r.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
+        rpc("UpdateRuntimeConfig", "", async {
+            if let Some(cidr) = cidr {
+                self.pods.network.set_pod_cidr(&cidr)?;
+            }
+            Ok(api::UpdateRuntimeConfigResponse {})
+        })
+        .await
     }
     async fn checkpoint_container(
         &self,

@@ -1,0 +1,81 @@
+//! StartContainer: the runtime creates the container in the pod's shim from its bundle, then starts
+//! it. A failure (a missing command, a bad mount) leaves the container exited with reason
+//! "StartError" and the runtime's message, as containerd reports it to the kubelet.
+
+use std::sync::Arc;
+
+use super::pods::Pods;
+use super::store::{ContainerState, SandboxState};
+use crate::engine::metadata::now_nanos;
+use crate::error::{Error, Result};
+use crate::task::CreateOptions;
+
+/// containerd's exit code for a container that could not start.
+pub const START_ERROR_EXIT_CODE: i32 = 128;
+
+impl Pods {
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let id = self.store.resolve_container(id)?.ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let lock = self.store.lock(&id);
+        let _guard = lock.lock().await;
+        let rec = self.store.container(&id).ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::precondition(format!(
+                "container {id} is not in created state: {}",
+                format!("{:?}", rec.state).to_lowercase()
+            )));
+        }
+        let sandbox = self.store.sandbox(&rec.sandbox_id).filter(|s| s.state == SandboxState::Ready).ok_or_else(|| {
+            Error::precondition(format!("container {id}: its pod sandbox {} is not ready", rec.sandbox_id))
+        })?;
+        let shim = self.shim(&sandbox.id).await?;
+        if let Some(log) = &rec.log_path
+            && let Some(dir) = log.parent()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let opts = CreateOptions {
+            id: id.clone(),
+            bundle: self.paths.bundle(&id),
+            stdin: rec.config.stdin,
+            tty: rec.config.tty,
+            log_path: rec.log_path.clone(),
+        };
+        let started = async {
+            shim.create(&opts).await?;
+            shim.start(&id).await
+        }
+        .await;
+        match started {
+            Ok(pid) => {
+                self.store.update_container(&id, |r| {
+                    if r.state == ContainerState::Created {
+                        r.state = ContainerState::Running;
+                    }
+                    r.pid = pid;
+                    r.started_at = now_nanos();
+                })?;
+                // An exit that raced the update above was dropped by on_exit: catch it.
+                if let Ok(s) = shim.state(&id).await
+                    && s.status == crate::task::ContainerStatus::Stopped
+                {
+                    self.reconcile(&sandbox.id, &shim).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = shim.delete(&id).await;
+                let now = now_nanos();
+                self.store.update_container(&id, |r| {
+                    r.state = ContainerState::Exited;
+                    r.started_at = now;
+                    r.finished_at = now;
+                    r.exit_code = START_ERROR_EXIT_CODE;
+                    r.reason = "StartError".into();
+                    r.message = e.to_string();
+                })?;
+                Err(e.context(format!("starting container {id}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The files a pod's containers share from their sandbox: hostname, hosts, resolv.conf (written from
+//! the pod's DNSConfig, or the host's when it has none, as containerd does) and the pod's /dev/shm
+//! tmpfs. Files are written as temp + rename; the shm mount is private to berth's state dir.
+
+use std::path::Path;
+
+use super::api;
+use crate::error::{Context, Result};
+
+/// Size of a pod's /dev/shm (containerd's and docker's default).
+pub const SHM_SIZE: &str = "65536k";
+
+/// containerd's resolv.conf from a DNSConfig; empty when the config says nothing.
+pub fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
+    let Some(d) = dns else { return String::new() };
+    let mut out = String::new();
+    if !d.searches.is_empty() {
+        out.push_str(&format!("search {}\n", d.searches.join(" ")));
+    }
+    for s in &d.servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !d.options.is_empty() {
+        out.push_str(&format!("options {}\n", d.options.join(" ")));
+    }
+    out
+}
+
+/// The hosts file of a pod with its own network: localhost entries and the pod's own name.
+pub fn hosts(hostname: &str, ip: Option<&str>) -> String {
+    let mut out = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let (Some(ip), false) = (ip, hostname.is_empty()) {
+        out.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    out
+}
+
+/// Writes `data` to `path` atomically.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).context(|| format!("renaming {}", path.display()))
+}
+
+/// Writes hostname, hosts and resolv.conf for a sandbox into `dir`.
+pub fn write_sandbox_files(
+    dir: &Path,
+    hostname: &str,
+    host_network: bool,
+    ip: Option<&str>,
+    dns: Option<&api::DnsConfig>,
+) -> Result<()> {
+    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    let hosts = if host_network {
+        std::fs::read("/etc/hosts").unwrap_or_default()
+    } else {
+        self::hosts(hostname, ip).into_bytes()
+    };
+    write_atomic(&dir.join("hosts"), &hosts)?;
+    let resolv = match resolv_conf(dns) {
+        r if r.is_empty() => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+        r => r.into_bytes(),
+    };
+    write_atomic(&dir.join("resolv.conf"), &resolv)
+}
+
+/// Mounts the pod's /dev/shm tmpfs at `path` (created if needed).
+pub fn mount_shm(path: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(path).context(|| format!("creating {}", path.display()))?;
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
+    )
+    .context(|| format!("mounting the pod's shm at {}", path.display()))
+}
+
+/// Unmounts whatever is mounted at `path` (lazily; nothing mounted is fine).
+pub fn unmount(path: &Path) -> Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    loop {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue, // stacked mounts: peel them all
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).context(|| format!("unmounting {}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_like_containerd() {
+        assert_eq!(resolv_conf(None), "");
+        let d = api::DnsConfig {
+            servers: vec!["10.96.0.10".into(), "8.8.8.8".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\nnameserver 8.8.8.8\noptions ndots:5\n"
+        );
+    }
+
+    #[test]
+    fn hosts_name_the_pod() {
+        let h = hosts("web-0", Some("10.87.0.5"));
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(h.ends_with("10.87.0.5\tweb-0\n"));
+        assert!(!hosts("", Some("10.87.0.5")).contains("10.87.0.5"));
+    }
+
+    #[test]
+    fn sandbox_files_fall_back_to_the_host_resolv_conf() {
+        let d = tempfile::tempdir().unwrap();
+        write_sandbox_files(d.path(), "pod", false, Some("10.0.0.2"), None).unwrap();
+        assert_eq!(std::fs::read_to_string(d.path().join("hostname")).unwrap(), "pod\n");
+        let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        assert_eq!(std::fs::read(d.path().join("resolv.conf")).unwrap(), host);
+    }
+}

@@ -1,0 +1,415 @@
+//! The pod runtime behind CRI's RuntimeService: what every sandbox and container call needs (the
+//! engine, the network, the shim launcher, the spec environment, the store) and the plumbing they
+//! share — the state directory layout, the per-pod shims and the watcher that turns their exit
+//! events into container states. The calls themselves live in one file per family
+//! (`sandbox_run.rs`, `sandbox_stop.rs`, `container_create.rs` …).
+//!
+//! State directory layout (`state` is tmpfs on a real node):
+//!
+//! ```text
+//! <state>/pods/<sandbox id>/        the pod's shim (socket, pid, its container status files)
+//! <state>/sandboxes/<sandbox id>/   hostname, hosts, resolv.conf, shm/ (the pod's /dev/shm)
+//! <state>/bundles/<container id>/   config.json and rootfs/ (the mounted snapshot); the pause too
+//! <state>/netns/<sandbox id>        the pod's network namespace (bind mount)
+//! <root>/cni/                       the CNI result cache (survives reboots, for DEL)
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+
+use super::api;
+use super::image::ImageService;
+use super::spec::RuntimeEnv;
+use super::store::{ContainerState, SandboxState, Store};
+use crate::config::{Config, RuntimeHandler};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::task::{ExitEvent, LaunchOptions, ShimApi, ShimLauncher};
+
+/// How long cleanup steps of a failed or removed object may take, apart from the request's deadline.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of a termination message read into ContainerStatus.message (the kubelet's limit).
+pub const MAX_TERMINATION_MESSAGE: u64 = 4096;
+/// Label on snapshots of sandboxes and containers: which object owns it.
+pub const LABEL_OWNER: &str = "berth.io/owner";
+
+/// Where things live under `state`.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub pods: PathBuf,
+    pub sandboxes: PathBuf,
+    pub bundles: PathBuf,
+    pub netns: PathBuf,
+}
+
+impl Paths {
+    pub fn new(state: &Path) -> Paths {
+        Paths {
+            state: state.to_path_buf(),
+            pods: state.join("pods"),
+            sandboxes: state.join("sandboxes"),
+            bundles: state.join("bundles"),
+            netns: state.join("netns"),
+        }
+    }
+    pub fn shim_dir(&self, sandbox: &str) -> PathBuf {
+        self.pods.join(sandbox)
+    }
+    pub fn sandbox_dir(&self, sandbox: &str) -> PathBuf {
+        self.sandboxes.join(sandbox)
+    }
+    pub fn bundle(&self, container: &str) -> PathBuf {
+        self.bundles.join(container)
+    }
+    pub fn rootfs(&self, container: &str) -> PathBuf {
+        self.bundles.join(container).join("rootfs")
+    }
+    pub fn netns(&self, sandbox: &str) -> PathBuf {
+        self.netns.join(sandbox)
+    }
+}
+
+/// Everything the pod runtime is built from; tests pass fakes for the network and the shims.
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub engine: Arc<Engine>,
+    pub images: Arc<ImageService>,
+    pub network: Arc<dyn Network>,
+    pub launcher: Arc<dyn ShimLauncher>,
+    pub env: RuntimeEnv,
+    pub shim_binary: PathBuf,
+}
+
+pub struct Pods {
+    pub config: Arc<Config>,
+    pub engine: Arc<Engine>,
+    pub images: Arc<ImageService>,
+    pub network: Arc<dyn Network>,
+    pub launcher: Arc<dyn ShimLauncher>,
+    pub env: RuntimeEnv,
+    pub shim_binary: PathBuf,
+    pub paths: Paths,
+    pub store: Store,
+    shims: Mutex<HashMap<String, Arc<dyn ShimApi>>>,
+}
+
+/// Unix nanoseconds of a SystemTime (0 for none).
+pub fn nanos(t: Option<std::time::SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Runs a cleanup step under its own deadline, logging (not returning) its failure.
+pub async fn cleanup<F: std::future::Future<Output = Result<()>>>(what: &str, id: &str, f: F) -> bool {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, f).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(id, error = %e, "cleanup: {what}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(id, "cleanup: {what} timed out");
+            false
+        }
+    }
+}
+
+/// Runs blocking work off the async workers.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+impl Pods {
+    /// Builds the pod runtime and creates the state directories.
+    pub fn new(deps: Deps) -> Result<Arc<Pods>> {
+        let paths = Paths::new(&deps.config.state);
+        for d in [&paths.pods, &paths.sandboxes, &paths.bundles, &paths.netns] {
+            std::fs::create_dir_all(d).map_err(|e| Error::internal(format!("creating {}: {e}", d.display())))?;
+        }
+        let store = Store::load(deps.engine.db.clone())?;
+        Ok(Arc::new(Pods {
+            config: deps.config,
+            engine: deps.engine,
+            images: deps.images,
+            network: deps.network,
+            launcher: deps.launcher,
+            env: deps.env,
+            shim_binary: deps.shim_binary,
+            paths,
+            store,
+            shims: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The runtime handler `name` names ("" is the default one), with its resolved name.
+    pub fn handler(&self, name: &str) -> Result<(String, RuntimeHandler)> {
+        let name = if name.is_empty() { self.config.runtimes.default.as_str() } else { name };
+        let h = self.config.runtimes.handlers.get(name).ok_or_else(|| {
+            Error::not_found(format!("runtime handler {name:?} is not configured (see [runtimes.handlers])"))
+        })?;
+        Ok((name.to_string(), h.clone()))
+    }
+
+    /// How a pod's shim is launched.
+    pub fn launch_options(&self, sandbox: &str, handler_name: &str, handler: &RuntimeHandler) -> LaunchOptions {
+        let mut o = LaunchOptions::new(&self.shim_binary, sandbox, self.paths.shim_dir(sandbox), &handler.binary);
+        o.runtime_root = Some(if handler.root.as_os_str().is_empty() {
+            self.paths.state.join("runtime").join(handler_name)
+        } else {
+            handler.root.clone()
+        });
+        o.runtime_args = handler.options.clone();
+        o.log_line_max = self.config.cri.max_container_log_line_size;
+        o
+    }
+
+    /// Remembers a pod's shim and starts watching its exit events.
+    pub fn adopt_shim(self: &Arc<Self>, sandbox: &str, shim: Arc<dyn ShimApi>) {
+        self.shims.lock().unwrap().insert(sandbox.to_string(), shim.clone());
+        let pods = self.clone();
+        let sandbox = sandbox.to_string();
+        tokio::spawn(async move { pods.watch(sandbox, shim).await });
+    }
+
+    /// Forgets a pod's shim (before it is shut down), which also ends its watcher.
+    pub fn forget_shim(&self, sandbox: &str) -> Option<Arc<dyn ShimApi>> {
+        self.shims.lock().unwrap().remove(sandbox)
+    }
+
+    /// The pod's shim, reconnecting to it if berthd does not hold a connection.
+    pub async fn shim(self: &Arc<Self>, sandbox: &str) -> Result<Arc<dyn ShimApi>> {
+        if let Some(s) = self.shims.lock().unwrap().get(sandbox) {
+            return Ok(s.clone());
+        }
+        let shim = self.launcher.connect(&self.paths.shim_dir(sandbox)).await?;
+        self.adopt_shim(sandbox, shim.clone());
+        Ok(shim)
+    }
+
+    fn watching(&self, sandbox: &str, shim: &Arc<dyn ShimApi>) -> bool {
+        self.shims.lock().unwrap().get(sandbox).is_some_and(|s| Arc::ptr_eq(s, shim))
+    }
+
+    /// Follows a shim's exit events until the shim is forgotten or dies. After each (re)subscription
+    /// the states are listed again, so an exit between two subscriptions is not missed.
+    async fn watch(self: Arc<Self>, sandbox: String, shim: Arc<dyn ShimApi>) {
+        loop {
+            if !self.watching(&sandbox, &shim) {
+                return;
+            }
+            if let Ok(mut events) = shim.events().await {
+                self.reconcile(&sandbox, &shim).await;
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(ev) => self.on_exit(&sandbox, &ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !self.watching(&sandbox, &shim) {
+                return;
+            }
+            if shim.ping().await.is_err() {
+                tracing::warn!(sandbox, "the pod's shim is gone");
+                self.forget_shim(&sandbox);
+                self.shim_gone(&sandbox);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Brings container states in line with what the shim reports.
+    pub async fn reconcile(&self, sandbox: &str, shim: &Arc<dyn ShimApi>) {
+        let Ok(states) = shim.list().await else { return };
+        // Running containers the shim does not know any more have an unknown fate.
+        for c in self.store.containers_of(sandbox) {
+            if c.state == ContainerState::Running && !states.iter().any(|s| s.id == c.id) {
+                let ev = ExitEvent { id: c.id.clone(), pid: c.pid, exit_code: 255, exited_at: None, oom_killed: false };
+                self.on_exit(sandbox, &ev);
+            }
+        }
+        for s in states {
+            if s.status == crate::task::ContainerStatus::Stopped {
+                let ev = ExitEvent {
+                    id: s.id.clone(),
+                    pid: s.pid,
+                    exit_code: s.exit_code,
+                    exited_at: s.exited_at,
+                    oom_killed: s.oom_killed,
+                };
+                self.on_exit(sandbox, &ev);
+            }
+        }
+    }
+
+    /// Records an exit: of the pause (the sandbox is no longer ready) or of a container.
+    pub fn on_exit(&self, sandbox: &str, ev: &ExitEvent) {
+        if ev.id == sandbox {
+            let _ = self.store.update_sandbox(sandbox, |r| {
+                if r.state == SandboxState::Ready {
+                    r.state = SandboxState::NotReady;
+                }
+                r.pid = 0;
+            });
+            return;
+        }
+        let message = self.termination_message(&ev.id);
+        let _ = self.store.update_container(&ev.id, |r| {
+            if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown) {
+                r.state = ContainerState::Exited;
+                r.exit_code = ev.exit_code;
+                r.finished_at = nanos(ev.exited_at).max(r.started_at);
+                if r.finished_at == 0 {
+                    r.finished_at = crate::engine::metadata::now_nanos();
+                }
+                r.reason = exit_reason(ev.exit_code, ev.oom_killed).into();
+                if let Some(m) = message {
+                    r.message = m;
+                }
+            }
+        });
+    }
+
+    /// The shim died (or vanished with a reboot): running containers are recorded as exited with
+    /// what the shim last wrote on disk, else as Unknown-fated exits.
+    pub fn shim_gone(&self, sandbox: &str) {
+        let recorded = crate::task::recorded_states(&self.paths.shim_dir(sandbox)).unwrap_or_default();
+        for c in self.store.containers_of(sandbox) {
+            if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
+                continue;
+            }
+            let ev = match recorded.iter().find(|r| r.id == c.id && r.status == crate::task::ContainerStatus::Stopped) {
+                Some(r) => ExitEvent {
+                    id: c.id.clone(),
+                    pid: r.pid,
+                    exit_code: r.exit_code,
+                    exited_at: r.exited_at,
+                    oom_killed: r.oom_killed,
+                },
+                None => ExitEvent { id: c.id.clone(), pid: c.pid, exit_code: 255, exited_at: None, oom_killed: false },
+            };
+            self.on_exit(sandbox, &ev);
+            if ev.exit_code == 255 && ev.exited_at.is_none() {
+                let _ = self.store.update_container(&c.id, |r| {
+                    r.reason = "Unknown".into();
+                    r.message = "the container's shim exited while the container was running".into();
+                });
+            }
+        }
+        let _ = self.store.update_sandbox(sandbox, |r| {
+            if r.state == SandboxState::Ready {
+                r.state = SandboxState::NotReady;
+            }
+            r.pid = 0;
+        });
+    }
+
+    /// The termination message a container wrote (the host side of the mount at its
+    /// terminationMessagePath), capped at the kubelet's 4 KiB.
+    pub fn termination_message(&self, container: &str) -> Option<String> {
+        use std::io::Read;
+        let c = self.store.container(container)?;
+        let path = c.config.annotations.get("io.kubernetes.container.terminationMessagePath")?;
+        let mount = c.config.mounts.iter().find(|m| &m.container_path == path)?;
+        let f = std::fs::File::open(&mount.host_path).ok()?;
+        let mut s = String::new();
+        f.take(MAX_TERMINATION_MESSAGE).read_to_string(&mut s).ok()?;
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// The reason a container exited, as containerd reports it.
+pub fn exit_reason(exit_code: i32, oom_killed: bool) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+/// The namespace options of a sandbox config (defaults when absent).
+pub fn namespace_options(config: &api::PodSandboxConfig) -> api::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+pub fn host_network(config: &api::PodSandboxConfig) -> bool {
+    namespace_options(config).network == api::NamespaceMode::Node as i32
+}
+
+pub fn host_ipc(config: &api::PodSandboxConfig) -> bool {
+    namespace_options(config).ipc == api::NamespaceMode::Node as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons() {
+        assert_eq!(exit_reason(0, false), "Completed");
+        assert_eq!(exit_reason(3, false), "Error");
+        assert_eq!(exit_reason(137, true), "OOMKilled");
+    }
+}
+
+impl Pods {
+    /// Runs a creation under a reserved name (see `store`): the work runs in its own task so that a
+    /// client giving up does not cut it half way, a concurrent or retried request for the same name
+    /// gets the same outcome, and a name already answered for gives AlreadyExists.
+    pub async fn create_once<F>(self: &Arc<Self>, what: &str, name: String, id: String, work: F) -> Result<String>
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        use super::store::Reservation;
+        let (mut done, holder, delivered) = match self.store.reserve(&name, &id) {
+            Reservation::Fresh(tx) => {
+                let rx = tx.subscribe();
+                let pods = self.clone();
+                let (name2, id2) = (name.clone(), id.clone());
+                tokio::spawn(async move {
+                    let r = work.await;
+                    if r.is_err() {
+                        pods.store.release(&name2, &id2);
+                    }
+                    let _ = tx.send(Some(r.map(|()| id2).map_err(|e| (e.kind(), e.to_string()))));
+                });
+                (rx, None, false)
+            }
+            Reservation::Existing { id, done, delivered } => (done, Some(id), delivered),
+        };
+        let outcome = loop {
+            if let Some(o) = done.borrow_and_update().clone() {
+                break o;
+            }
+            if done.changed().await.is_err() && done.borrow().is_none() {
+                break Err((crate::ErrorKind::Internal, format!("{what} {name:?}: creation vanished")));
+            }
+        };
+        match (outcome, holder) {
+            (Ok(id), None) => {
+                self.store.delivered(&name);
+                Ok(id)
+            }
+            // A retry of a request whose answer never reached its client.
+            (Ok(id), Some(_)) if !delivered => {
+                self.store.delivered(&name);
+                Ok(id)
+            }
+            (Ok(id), Some(_)) => Err(Error::already_exists(format!("{what} name {name:?} is reserved for {id:?}"))),
+            (Err((kind, msg)), _) => Err(Error::new(kind, msg)),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! RunPodSandbox: the network namespace first (bind-mounted under `state`), then CNI ADD, the pod's
+//! files (hostname, hosts, resolv.conf) and /dev/shm, the pause container's rootfs and spec, the
+//! pod's shim, and the pause container joined to the namespace. The record is written before any of
+//! it ("creating"), so a berthd that dies half way rolls it back at its next start; a failure rolls
+//! back every step here, each under its own deadline.
+
+use std::sync::Arc;
+
+use super::api;
+use super::pods::{LABEL_OWNER, Pods, blocking, host_ipc, host_network};
+use super::spec::{self, SandboxContext};
+use super::store::{SandboxRecord, SandboxState, new_id, sandbox_name};
+use crate::config::RuntimeHandler;
+use crate::engine::gc::LABEL_ROOT;
+use crate::engine::metadata::now_nanos;
+use crate::engine::snapshot;
+use crate::error::{Context, Error, Result};
+use crate::network::{Bandwidth, Dns, PodNetwork, PortMapping, Protocol};
+use crate::task::CreateOptions;
+
+/// Checks the sandbox config fields berth relies on, naming the bad one.
+pub fn validate(config: &api::PodSandboxConfig) -> Result<api::PodSandboxMetadata> {
+    let m = config.metadata.clone().ok_or_else(|| Error::invalid("sandbox config: metadata must be set"))?;
+    for (field, v) in [("name", &m.name), ("namespace", &m.namespace), ("uid", &m.uid)] {
+        if v.is_empty() {
+            return Err(Error::invalid(format!("sandbox config: metadata.{field} must not be empty")));
+        }
+    }
+    Ok(m)
+}
+
+/// What CNI needs to know about a pod.
+pub fn pod_network(id: &str, config: &api::PodSandboxConfig, netns: Option<std::path::PathBuf>) -> Result<PodNetwork> {
+    let m = config.metadata.clone().unwrap_or_default();
+    let annotations = config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            Ok(PortMapping {
+                protocol: match api::Protocol::try_from(p.protocol) {
+                    Ok(api::Protocol::Udp) => Protocol::Udp,
+                    Ok(api::Protocol::Sctp) => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                },
+                container_port: u16::try_from(p.container_port)
+                    .map_err(|_| Error::invalid(format!("port_mappings: container_port {} out of range", p.container_port)))?,
+                host_port: u16::try_from(p.host_port)
+                    .map_err(|_| Error::invalid(format!("port_mappings: host_port {} out of range", p.host_port)))?,
+                host_ip: if p.host_ip.is_empty() {
+                    None
+                } else {
+                    Some(p.host_ip.parse().map_err(|_| Error::invalid(format!("port_mappings: host_ip {:?}", p.host_ip)))?)
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bandwidth = Bandwidth::from_annotations(&annotations)?;
+    let dns = config.dns_config.as_ref().map(|d| Dns {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    });
+    Ok(PodNetwork {
+        id: id.to_string(),
+        netns,
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        port_mappings,
+        bandwidth,
+        dns,
+        annotations,
+    })
+}
+
+impl Pods {
+    pub async fn run_pod_sandbox(self: &Arc<Self>, req: api::RunPodSandboxRequest) -> Result<String> {
+        let config = req.config.ok_or_else(|| Error::invalid("RunPodSandbox: config must be set"))?;
+        let meta = validate(&config)?;
+        let (handler_name, handler) = self.handler(&req.runtime_handler)?;
+        // Fail early on config the network cannot take (before anything is created).
+        pod_network("", &config, None)?;
+        let id = new_id();
+        let pods = self.clone();
+        let id2 = id.clone();
+        let work = async move { pods.create_sandbox(&id2, config, &handler_name, &handler).await };
+        self.create_once("pod sandbox", sandbox_name(&meta), id, work).await
+    }
+
+    async fn create_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        config: api::PodSandboxConfig,
+        handler_name: &str,
+        handler: &RuntimeHandler,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let image = self.images.ensure_sandbox_image().await?;
+        self.store.put_sandbox(SandboxRecord {
+            id: id.to_string(),
+            config: config.clone(),
+            runtime_handler: handler_name.to_string(),
+            state: SandboxState::Creating,
+            created_at: now_nanos(),
+            netns: None,
+            network_attached: false,
+            ips: Vec::new(),
+            pid: 0,
+            image: self.config.cri.sandbox_image.clone(),
+        })?;
+        match self.build_sandbox(id, &config, handler_name, handler, &image).await {
+            Ok(()) => {
+                tracing::info!(sandbox = id, elapsed = ?started.elapsed(), "pod sandbox ready");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "RunPodSandbox failed: rolling back");
+                self.destroy_sandbox(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        config: &api::PodSandboxConfig,
+        handler_name: &str,
+        handler: &RuntimeHandler,
+        image: &crate::engine::image::store::ImageInfo,
+    ) -> Result<()> {
+        let dir = self.paths.sandbox_dir(id);
+        std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        let host_net = host_network(config);
+
+        // The network namespace and CNI. Intent is recorded first so recovery can undo it.
+        let mut ips: Vec<String> = Vec::new();
+        let mut netns = None;
+        if !host_net {
+            let (ns_dir, sid) = (self.paths.netns.clone(), id.to_string());
+            let path = blocking(move || crate::network::netns::create(&ns_dir, &sid)).await?;
+            netns = Some(path.clone());
+            self.store.update_sandbox(id, |r| {
+                r.netns = Some(path.clone());
+                r.network_attached = true;
+            })?;
+            let status = self.network.setup(&pod_network(id, config, Some(path))?).await?;
+            ips = status.ips.iter().map(|ip| ip.to_string()).collect();
+            let ips2 = ips.clone();
+            self.store.update_sandbox(id, |r| r.ips = ips2)?;
+        }
+
+        let hostname = if host_net {
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            config.hostname.clone()
+        };
+        {
+            let (dir, hostname, ip, dns) = (dir.clone(), hostname.clone(), ips.first().cloned(), config.dns_config.clone());
+            blocking(move || super::files::write_sandbox_files(&dir, &hostname, host_net, ip.as_deref(), dns.as_ref()))
+                .await?;
+        }
+        let shm = if host_ipc(config) {
+            None
+        } else {
+            let shm = dir.join("shm");
+            super::files::mount_shm(&shm)?;
+            Some(shm)
+        };
+
+        // The pause container's rootfs and spec.
+        let rootfs = self.prepare_rootfs(id, image).await?;
+        let ctx = SandboxContext {
+            id: id.to_string(),
+            netns,
+            pause_pid: None,
+            hostname,
+            hostname_path: dir.join("hostname"),
+            hosts_path: dir.join("hosts"),
+            resolv_conf_path: dir.join("resolv.conf"),
+            shm_path: shm,
+            cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+        };
+        let spec = spec::sandbox_spec(config, &ctx, &image.config, &rootfs, &self.env)?;
+        self.write_spec(id, &spec)?;
+
+        // The pod's shim, and the pause in it.
+        let shim = self.launcher.launch(&self.launch_options(id, handler_name, handler)).await?;
+        self.adopt_shim(id, shim.clone());
+        let opts = CreateOptions {
+            id: id.to_string(),
+            bundle: self.paths.bundle(id),
+            stdin: false,
+            tty: false,
+            log_path: None,
+        };
+        shim.create(&opts).await?;
+        let pid = shim.start(id).await?;
+        self.store.update_sandbox(id, |r| {
+            r.state = SandboxState::Ready;
+            r.pid = pid;
+        })?;
+        Ok(())
+    }
+
+    /// Prepares the snapshot of a sandbox's or container's rootfs from `image` and mounts it at
+    /// `<bundle>/rootfs`. The snapshot is a GC root owned by `id` until the object is removed.
+    pub async fn prepare_rootfs(
+        &self,
+        id: &str,
+        image: &crate::engine::image::store::ImageInfo,
+    ) -> Result<std::path::PathBuf> {
+        let rootfs = self.paths.rootfs(id);
+        let snapshots = self.engine.snapshots.clone();
+        let (key, parent, target) = (id.to_string(), image.chain_id.as_ref().map(|c| c.to_string()), rootfs.clone());
+        blocking(move || {
+            std::fs::create_dir_all(&target).context(|| format!("creating {}", target.display()))?;
+            let labels = [
+                (LABEL_ROOT.to_string(), crate::engine::metadata::now_nanos().to_string()),
+                (LABEL_OWNER.to_string(), key.clone()),
+            ]
+            .into_iter()
+            .collect();
+            let mounts = snapshots.prepare(&key, parent.as_deref(), labels)?;
+            if let Err(e) = snapshot::mount_all(&mounts, &target) {
+                let _ = snapshots.remove(&key);
+                return Err(e);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(rootfs)
+    }
+
+    /// Writes a bundle's config.json.
+    pub fn write_spec(&self, id: &str, spec: &oci_spec::runtime::Spec) -> Result<()> {
+        let json = serde_json::to_vec_pretty(spec).map_err(|e| Error::internal(format!("encoding spec of {id}: {e}")))?;
+        super::files::write_atomic(&self.paths.bundle(id).join("config.json"), &json)
+    }
+}

@@ -1,0 +1,126 @@
+//! StopPodSandbox and RemovePodSandbox, both idempotent: an unknown or already removed id is success.
+//! Stop kills every container and the pause, always runs CNI DEL while the network is attached (a
+//! failure is returned, and retried by the next Stop or Remove, never forgotten), unmounts the pod's
+//! /dev/shm and removes the network namespace. Remove stops first, then removes the containers, the
+//! pause, its rootfs, the shim and the pod's directories. The pod's log directory belongs to the
+//! kubelet and stays.
+
+use std::sync::Arc;
+
+use super::pods::{Pods, blocking, cleanup};
+use super::sandbox_run::pod_network;
+use super::store::{SandboxState, sandbox_name};
+use crate::error::Result;
+
+impl Pods {
+    pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(id) = self.store.resolve_sandbox(id)? else { return Ok(()) };
+        let lock = self.store.lock(&id);
+        let _guard = lock.lock().await;
+        self.stop_sandbox_locked(&id).await
+    }
+
+    async fn stop_sandbox_locked(self: &Arc<Self>, id: &str) -> Result<()> {
+        for c in self.store.containers_of(id) {
+            let lock = self.store.lock(&c.id);
+            let _g = lock.lock().await;
+            self.stop_container_locked(&c.id, 0).await?;
+        }
+        self.stop_pause(id).await?;
+        self.release_network(id).await?;
+        if let Some(rec) = self.store.sandbox(id)
+            && rec.state != SandboxState::Creating
+        {
+            self.store.update_sandbox(id, |r| {
+                r.state = SandboxState::NotReady;
+                r.pid = 0;
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Kills the pause container (if its shim still answers) and waits for it.
+    async fn stop_pause(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(rec) = self.store.sandbox(id) else { return Ok(()) };
+        if rec.pid == 0 && rec.state != SandboxState::Ready {
+            return Ok(());
+        }
+        let Ok(shim) = self.shim(id).await else { return Ok(()) };
+        match shim.state(id).await {
+            Ok(s) if s.status == crate::task::ContainerStatus::Running => {
+                shim.kill(id, libc::SIGKILL, true).await?;
+                let ev = tokio::time::timeout(super::pods::CLEANUP_TIMEOUT, shim.wait(id)).await.map_err(|_| {
+                    crate::Error::new(crate::ErrorKind::DeadlineExceeded, format!("pod sandbox {id}: pause did not exit"))
+                })??;
+                self.on_exit(id, &ev);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// CNI DEL while the network is attached, then the pod's shm and network namespace.
+    async fn release_network(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.store.sandbox(id) else { return Ok(()) };
+        if rec.network_attached {
+            let pod = pod_network(id, &rec.config, rec.netns.clone().filter(|p| p.exists()))?;
+            self.network.teardown(&pod).await?;
+            self.store.update_sandbox(id, |r| r.network_attached = false)?;
+        }
+        super::files::unmount(&self.paths.sandbox_dir(id).join("shm"))?;
+        let netns = self.paths.netns(id);
+        blocking(move || crate::network::netns::remove(&netns)).await?;
+        Ok(())
+    }
+
+    pub async fn remove_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(id) = self.store.resolve_sandbox(id)? else { return Ok(()) };
+        let lock = self.store.lock(&id);
+        let _guard = lock.lock().await;
+        self.stop_sandbox_locked(&id).await?;
+        for c in self.store.containers_of(&id) {
+            let lock = self.store.lock(&c.id);
+            let _g = lock.lock().await;
+            self.remove_container_locked(&c.id).await?;
+        }
+        self.remove_sandbox_resources(&id).await?;
+        Ok(())
+    }
+
+    /// Removes the pause container, its rootfs, the shim, the pod's directories and the record.
+    async fn remove_sandbox_resources(self: &Arc<Self>, id: &str) -> Result<()> {
+        if let Ok(shim) = self.shim(id).await {
+            shim.delete(id).await?;
+            self.forget_shim(id);
+            if let Err(e) = shim.shutdown().await {
+                tracing::warn!(sandbox = id, error = %e, "shutting down the pod's shim");
+            }
+        }
+        self.remove_rootfs(id).await?;
+        for dir in [self.paths.sandbox_dir(id), self.paths.shim_dir(id)] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(sandbox = id, error = %e, "removing {}", dir.display()),
+            }
+        }
+        if let Some(rec) = self.store.sandbox(id) {
+            self.store.delete_sandbox(id)?;
+            if let Some(m) = &rec.config.metadata {
+                self.store.release(&sandbox_name(m), id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back or removes a sandbox whatever state it is in, logging what fails: used when
+    /// RunPodSandbox fails and for sandboxes a crash left half-built.
+    pub async fn destroy_sandbox(self: &Arc<Self>, id: &str) {
+        for c in self.store.containers_of(id) {
+            cleanup("removing container", &c.id, self.remove_container_locked(&c.id)).await;
+        }
+        cleanup("stopping pause", id, self.stop_pause(id)).await;
+        cleanup("releasing the network", id, self.release_network(id)).await;
+        cleanup("removing sandbox", id, self.remove_sandbox_resources(id)).await;
+    }
+}
