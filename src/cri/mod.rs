@@ -11,6 +11,7 @@ use tracing::Instrument;
 pub use k8s_cri::v1 as api;
 
 pub mod runtime;
+pub mod spec;
 pub mod status;
 
 /// Runs one CRI call: a tracing span named after the method carrying the object id, debug logs of the
