@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod sandbox_run;
 pub mod sandbox_status;
 pub mod sandbox_stop;
+pub mod spec;
 pub mod status;
 pub mod store;
 
