@@ -27,7 +27,10 @@ fn build_static_pause() {
         .args(["--target", &target])
         .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "strip=symbols", "-C", "debuginfo=0"])
         .args(["-C", "target-feature=+crt-static"])
-        .arg(format!("--remap-path-prefix={}=.", std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")))
+        .arg(format!(
+            "--remap-path-prefix={}=.",
+            std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")
+        ))
         .env("CARGO_PKG_VERSION", std::env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION"))
         .arg("src/bin/berth-pause.rs")
         .arg("-o")

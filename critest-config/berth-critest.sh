@@ -8,19 +8,24 @@
 # Its registry mirrors (containerd's certs.d layout) send registry.k8s.io, k8s.gcr.io, gcr.io, docker.io,
 # quay.io and public.ecr.aws to http://$BERTH_TEST_REGISTRY, which must hold look-alikes of the images critest
 # pulls under their original paths (README.md in this folder lists them). Everything lives under one
-# temporary directory ($BERTH_CRITEST_DIR, default /tmp/berth-critest); nothing else on the machine is touched.
-# berthd is taken from $BERTHD, else target/release/berthd or target/debug/berthd of this checkout, else PATH.
+# temporary directory ($BERTH_CRITEST_DIR, default /tmp/berth-critest), plus the pods' bridge and its
+# FORWARD drop rule ($BERTH_CRITEST_SUBNET, default 10.86.0.0/16), both removed by stop.
+# berthd is taken from $BERTHD, else the newer of target/{release,debug}/berthd of this checkout, else PATH.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${BERTH_CRITEST_DIR:-/tmp/berth-critest}
 PIDFILE=$DIR/berthd.pid
 SOCK=$DIR/state/berth.sock
+# The pod network of critest runs (containerd.sh of the critest kit uses 10.89.0.0/16).
+SUBNET=${BERTH_CRITEST_SUBNET:-10.86.0.0/16}
+BRIDGE=${BERTH_CRITEST_BRIDGE:-berthct0}
 
 find_berthd() {
   if [ -n "${BERTHD:-}" ]; then echo "$BERTHD"; return; fi
-  for b in "$HERE/../target/release/berthd" "$HERE/../target/debug/berthd"; do
-    [ -x "$b" ] && { echo "$b"; return; }
-  done
+  # The most recently built of the release and debug binaries.
+  local b
+  b=$(ls -t "$HERE/../target/release/berthd" "$HERE/../target/debug/berthd" 2>/dev/null | head -1)
+  [ -n "$b" ] && [ -x "$b" ] && { echo "$b"; return; }
   command -v berthd || { echo "berthd not found: build it (cargo build) or set BERTHD" >&2; exit 1; }
 }
 
@@ -37,6 +42,16 @@ server = "http://$reg"
   capabilities = ["pull", "resolve"]
 EOT
   done
+  # Pods get their own bridge and subnet; their traffic never leaves the machine.
+  cat > "$DIR/net.d/10-critest.conflist" <<EOT
+{ "cniVersion": "1.0.0", "name": "berth-critest",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$SUBNET" }]] } },
+    { "type": "portmap", "capabilities": { "portMappings": true } } ] }
+EOT
+  iptables -C FORWARD -s "$SUBNET" ! -d "$SUBNET" -j DROP 2>/dev/null ||
+    iptables -I FORWARD -s "$SUBNET" ! -d "$SUBNET" -j DROP
   sed -e "s|@DIR@|$DIR|g" "$HERE/berth.toml" > "$DIR/config.toml"
   nohup "$berthd" --config "$DIR/config.toml" >>"$DIR/berthd.log" 2>&1 &
   echo $! > "$PIDFILE"
@@ -59,6 +74,8 @@ stop() {
     done
     rm -rf "$DIR"
   fi
+  ip link delete "$BRIDGE" 2>/dev/null || true
+  iptables -D FORWARD -s "$SUBNET" ! -d "$SUBNET" -j DROP 2>/dev/null || true
 }
 
 case "${1:-}" in

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::admin::AdminService;
 use crate::config::Config;
 use crate::cri;
+use crate::cri::pods::{Deps, Pods};
 use crate::engine::{Engine, EngineOptions};
+use crate::network::{CniNetwork, CniOptions};
+use crate::task::ProcessShimLauncher;
 
 /// How long in-flight calls may run after a shutdown signal before berthd exits anyway.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -85,7 +88,7 @@ pub struct Daemon {
     pub config: Arc<Config>,
     pub engine: Arc<Engine>,
     runtime: cri::runtime::RuntimeService,
-    images: cri::image::ImageService,
+    images: Arc<cri::image::ImageService>,
     admin: AdminService,
 }
 
@@ -107,8 +110,29 @@ impl Daemon {
                 tracing::warn!(error = %e, "startup garbage collection");
             }
         });
-        let runtime = cri::runtime::RuntimeService::new(config.clone());
-        let images = cri::image::ImageService::new(engine.clone(), &config);
+        let images = Arc::new(cri::image::ImageService::new(engine.clone(), &config));
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || cri::pause::ensure_builtin(&e, cri::image::NAMESPACE))
+            .await
+            .context("importing the built-in pause image")??;
+        let network = Arc::new(CniNetwork::new(CniOptions {
+            bin_dirs: config.cni.bin_dirs.clone(),
+            conf_dir: config.cni.conf_dir.clone(),
+            cache_dir: config.root.join("cni"),
+            plugin_timeout: config.cni.plugin_timeout,
+        }));
+        let env = cri::spec::detect_runtime_env(config.cri.cgroup_driver).context("inspecting the node")?;
+        let pods = Pods::new(Deps {
+            config: config.clone(),
+            engine: engine.clone(),
+            images: images.clone(),
+            network,
+            launcher: Arc::new(ProcessShimLauncher),
+            env,
+            shim_binary: sibling_binary("berth-shim"),
+        })?;
+        pods.recover().await;
+        let runtime = cri::runtime::RuntimeService::new(config.clone(), pods);
         let admin = AdminService::new(engine.clone());
         Ok(Daemon { config, engine, runtime, images, admin })
     }
@@ -128,7 +152,7 @@ impl Daemon {
         let runtime = RuntimeServiceServer::new(self.runtime)
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(max_send);
-        let images = ImageServiceServer::new(self.images)
+        let images = ImageServiceServer::from_arc(self.images)
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(max_send);
         let admin = BerthServer::new(self.admin)
@@ -162,6 +186,16 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A berth binary installed next to the running one (berthd finds berth-shim there), else `name`
+/// to be looked up in PATH.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -14,7 +14,10 @@ use crate::error::{Error, Result};
 impl Pods {
     pub async fn create_container(self: &Arc<Self>, req: api::CreateContainerRequest) -> Result<String> {
         let config = req.config.ok_or_else(|| Error::invalid("CreateContainer: config must be set"))?;
-        let meta = config.metadata.clone().ok_or_else(|| Error::invalid("container config: metadata must be set"))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::invalid("container config: metadata must be set"))?;
         if meta.name.is_empty() {
             return Err(Error::invalid("container config: metadata.name must not be empty"));
         }
@@ -28,7 +31,8 @@ impl Pods {
             .store
             .resolve_sandbox(&req.pod_sandbox_id)?
             .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
-        let sandbox = self.store.sandbox(&sandbox_id).ok_or_else(|| Error::not_found("pod sandbox vanished"))?;
+        let sandbox =
+            self.store.sandbox(&sandbox_id).ok_or_else(|| Error::not_found("pod sandbox vanished"))?;
         if sandbox.state != SandboxState::Ready {
             return Err(Error::precondition(format!("pod sandbox {sandbox_id} is not ready")));
         }
@@ -53,7 +57,8 @@ impl Pods {
             .images
             .lookup(&image_spec.image)?
             .ok_or_else(|| Error::not_found(format!("image {:?} not found", image_spec.image)))?;
-        let sandbox = self.store.sandbox(sandbox_id).ok_or_else(|| Error::not_found("pod sandbox vanished"))?;
+        let sandbox =
+            self.store.sandbox(sandbox_id).ok_or_else(|| Error::not_found("pod sandbox vanished"))?;
         let log_path = match (sandbox_config.log_directory.as_str(), config.log_path.as_str()) {
             ("", _) | (_, "") => None,
             (dir, file) => Some(std::path::Path::new(dir).join(file)),
@@ -87,7 +92,12 @@ impl Pods {
                 hosts_path: dir.join("hosts"),
                 resolv_conf_path: dir.join("resolv.conf"),
                 shm_path: Some(dir.join("shm")).filter(|_| !super::pods::host_ipc(&sandbox.config)),
-                cgroup_parent: sandbox.config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+                cgroup_parent: sandbox
+                    .config
+                    .linux
+                    .as_ref()
+                    .map(|l| l.cgroup_parent.clone())
+                    .unwrap_or_default(),
             };
             let image_name = if image_spec.user_specified_image.is_empty() {
                 found.repo_tags.first().cloned().unwrap_or_else(|| image_spec.image.clone())
@@ -129,11 +139,11 @@ impl Pods {
         if nso.pid != api::NamespaceMode::Target as i32 {
             return Ok(None);
         }
-        let target = self
-            .store
-            .resolve_container(&nso.target_id)?
-            .and_then(|id| self.store.container(&id))
-            .ok_or_else(|| Error::not_found(format!("target container {:?} not found", nso.target_id)))?;
+        let target =
+            self.store
+                .resolve_container(&nso.target_id)?
+                .and_then(|id| self.store.container(&id))
+                .ok_or_else(|| Error::not_found(format!("target container {:?} not found", nso.target_id)))?;
         if target.state != ContainerState::Running || target.pid == 0 {
             return Err(Error::precondition(format!("target container {} is not running", target.id)));
         }

@@ -16,8 +16,14 @@ pub const EXEC_SYNC_MAX_OUTPUT: usize = 16 << 20;
 
 impl Pods {
     fn running(&self, id: &str) -> Result<super::store::ContainerRecord> {
-        let id = self.store.resolve_container(id)?.ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
-        let rec = self.store.container(&id).ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let id = self
+            .store
+            .resolve_container(id)?
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let rec = self
+            .store
+            .container(&id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         if rec.state != ContainerState::Running {
             return Err(Error::precondition(format!("container {id} is not running")));
         }
@@ -63,18 +69,25 @@ impl Pods {
         Ok(api::ExecSyncResponse { stdout: r.stdout, stderr: r.stderr, exit_code: r.exit_code })
     }
 
-    pub async fn update_container_resources(self: &Arc<Self>, req: api::UpdateContainerResourcesRequest) -> Result<()> {
+    pub async fn update_container_resources(
+        self: &Arc<Self>,
+        req: api::UpdateContainerResourcesRequest,
+    ) -> Result<()> {
         let id = self
             .store
             .resolve_container(&req.container_id)?
             .ok_or_else(|| Error::not_found(format!("container {:?} not found", req.container_id)))?;
         let lock = self.store.lock(&id);
         let _guard = lock.lock().await;
-        let rec = self.store.container(&id).ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let rec = self
+            .store
+            .container(&id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         let Some(linux) = req.linux else { return Ok(()) };
         let mut resources = super::spec::container_resources(Some(&linux), &self.env, Vec::new())?;
         resources.set_devices(None);
-        let json = serde_json::to_vec(&resources).map_err(|e| Error::internal(format!("encoding resources: {e}")))?;
+        let json = serde_json::to_vec(&resources)
+            .map_err(|e| Error::internal(format!("encoding resources: {e}")))?;
         if rec.state == ContainerState::Running {
             self.shim(&rec.sandbox_id).await?.update(&id, &json).await?;
         }
@@ -84,7 +97,9 @@ impl Pods {
             && let Ok(mut spec) = serde_json::from_slice::<serde_json::Value>(&bytes)
         {
             let mut merged = spec["linux"]["resources"].clone();
-            if let (Some(m), Ok(serde_json::Value::Object(new))) = (merged.as_object_mut(), serde_json::to_value(&resources)) {
+            if let (Some(m), Ok(serde_json::Value::Object(new))) =
+                (merged.as_object_mut(), serde_json::to_value(&resources))
+            {
                 for (k, v) in new {
                     m.insert(k, v);
                 }

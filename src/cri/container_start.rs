@@ -15,19 +15,31 @@ pub const START_ERROR_EXIT_CODE: i32 = 128;
 
 impl Pods {
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
-        let id = self.store.resolve_container(id)?.ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let id = self
+            .store
+            .resolve_container(id)?
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         let lock = self.store.lock(&id);
         let _guard = lock.lock().await;
-        let rec = self.store.container(&id).ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let rec = self
+            .store
+            .container(&id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         if rec.state != ContainerState::Created {
             return Err(Error::precondition(format!(
                 "container {id} is not in created state: {}",
                 format!("{:?}", rec.state).to_lowercase()
             )));
         }
-        let sandbox = self.store.sandbox(&rec.sandbox_id).filter(|s| s.state == SandboxState::Ready).ok_or_else(|| {
-            Error::precondition(format!("container {id}: its pod sandbox {} is not ready", rec.sandbox_id))
-        })?;
+        let sandbox =
+            self.store.sandbox(&rec.sandbox_id).filter(|s| s.state == SandboxState::Ready).ok_or_else(
+                || {
+                    Error::precondition(format!(
+                        "container {id}: its pod sandbox {} is not ready",
+                        rec.sandbox_id
+                    ))
+                },
+            )?;
         let shim = self.shim(&sandbox.id).await?;
         if let Some(log) = &rec.log_path
             && let Some(dir) = log.parent()

@@ -47,10 +47,12 @@ impl Pods {
                 ..Default::default()
             })
             .collect();
-        let resources = c.config.linux.as_ref().and_then(|l| l.resources.clone()).map(|r| api::ContainerResources {
-            linux: Some(r),
-            ..Default::default()
-        });
+        let resources = c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| api::ContainerResources { linux: Some(r), ..Default::default() });
         Ok(api::ContainerStatus {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
@@ -78,7 +80,10 @@ impl Pods {
             .store
             .resolve_container(&req.container_id)?
             .ok_or_else(|| Error::not_found(format!("container {:?} not found", req.container_id)))?;
-        let c = self.store.container(&id).ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let c = self
+            .store
+            .container(&id)
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         let mut info = HashMap::new();
         if req.verbose {
             let spec = std::fs::read(self.paths.bundle(&id).join("config.json"))
@@ -124,7 +129,7 @@ impl Pods {
                 }
             })
             .collect();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|x| std::cmp::Reverse(x.created_at));
         Ok(out)
     }
 }

@@ -56,7 +56,8 @@ fn layout(name: &str) -> Result<(Vec<u8>, Digest)> {
         layers: vec![Descriptor::new(media::OCI_LAYER, diff_id.clone(), layer.len() as i64)],
         annotations: Default::default(),
     };
-    let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::internal(format!("pause manifest: {e}")))?;
+    let manifest =
+        serde_json::to_vec(&manifest).map_err(|e| Error::internal(format!("pause manifest: {e}")))?;
     let manifest_digest = Digest::of(&manifest);
     let mut desc = Descriptor::new(media::OCI_MANIFEST, manifest_digest.clone(), manifest.len() as i64);
     desc.annotations.insert(crate::engine::image::archive::ANNOTATION_IMAGE_NAME.into(), name.into());
@@ -99,7 +100,10 @@ mod tests {
     fn the_embedded_pause_is_a_static_executable() {
         assert_eq!(&PAUSE_BINARY[..4], b"\x7fELF");
         // A dynamically linked executable names its interpreter; a static one does not.
-        assert!(!PAUSE_BINARY.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"), "berth-pause must be static");
+        assert!(
+            !PAUSE_BINARY.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+            "berth-pause must be static"
+        );
     }
 
     #[test]

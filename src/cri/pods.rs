@@ -129,7 +129,8 @@ impl Pods {
     pub fn new(deps: Deps) -> Result<Arc<Pods>> {
         let paths = Paths::new(&deps.config.state);
         for d in [&paths.pods, &paths.sandboxes, &paths.bundles, &paths.netns] {
-            std::fs::create_dir_all(d).map_err(|e| Error::internal(format!("creating {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::internal(format!("creating {}: {e}", d.display())))?;
         }
         let store = Store::load(deps.engine.db.clone())?;
         Ok(Arc::new(Pods {
@@ -156,8 +157,14 @@ impl Pods {
     }
 
     /// How a pod's shim is launched.
-    pub fn launch_options(&self, sandbox: &str, handler_name: &str, handler: &RuntimeHandler) -> LaunchOptions {
-        let mut o = LaunchOptions::new(&self.shim_binary, sandbox, self.paths.shim_dir(sandbox), &handler.binary);
+    pub fn launch_options(
+        &self,
+        sandbox: &str,
+        handler_name: &str,
+        handler: &RuntimeHandler,
+    ) -> LaunchOptions {
+        let mut o =
+            LaunchOptions::new(&self.shim_binary, sandbox, self.paths.shim_dir(sandbox), &handler.binary);
         o.runtime_root = Some(if handler.root.as_os_str().is_empty() {
             self.paths.state.join("runtime").join(handler_name)
         } else {
@@ -230,7 +237,13 @@ impl Pods {
         // Running containers the shim does not know any more have an unknown fate.
         for c in self.store.containers_of(sandbox) {
             if c.state == ContainerState::Running && !states.iter().any(|s| s.id == c.id) {
-                let ev = ExitEvent { id: c.id.clone(), pid: c.pid, exit_code: 255, exited_at: None, oom_killed: false };
+                let ev = ExitEvent {
+                    id: c.id.clone(),
+                    pid: c.pid,
+                    exit_code: 255,
+                    exited_at: None,
+                    oom_killed: false,
+                };
                 self.on_exit(sandbox, &ev);
             }
         }
@@ -261,7 +274,8 @@ impl Pods {
         }
         let message = self.termination_message(&ev.id);
         let _ = self.store.update_container(&ev.id, |r| {
-            if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown) {
+            if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
+            {
                 r.state = ContainerState::Exited;
                 r.exit_code = ev.exit_code;
                 r.finished_at = nanos(ev.exited_at).max(r.started_at);
@@ -284,7 +298,10 @@ impl Pods {
             if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
                 continue;
             }
-            let ev = match recorded.iter().find(|r| r.id == c.id && r.status == crate::task::ContainerStatus::Stopped) {
+            let ev = match recorded
+                .iter()
+                .find(|r| r.id == c.id && r.status == crate::task::ContainerStatus::Stopped)
+            {
                 Some(r) => ExitEvent {
                     id: c.id.clone(),
                     pid: r.pid,
@@ -292,7 +309,13 @@ impl Pods {
                     exited_at: r.exited_at,
                     oom_killed: r.oom_killed,
                 },
-                None => ExitEvent { id: c.id.clone(), pid: c.pid, exit_code: 255, exited_at: None, oom_killed: false },
+                None => ExitEvent {
+                    id: c.id.clone(),
+                    pid: c.pid,
+                    exit_code: 255,
+                    exited_at: None,
+                    oom_killed: false,
+                },
             };
             self.on_exit(sandbox, &ev);
             if ev.exit_code == 255 && ev.exited_at.is_none() {
@@ -353,23 +376,17 @@ pub fn host_ipc(config: &api::PodSandboxConfig) -> bool {
     namespace_options(config).ipc == api::NamespaceMode::Node as i32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_reasons() {
-        assert_eq!(exit_reason(0, false), "Completed");
-        assert_eq!(exit_reason(3, false), "Error");
-        assert_eq!(exit_reason(137, true), "OOMKilled");
-    }
-}
-
 impl Pods {
     /// Runs a creation under a reserved name (see `store`): the work runs in its own task so that a
     /// client giving up does not cut it half way, a concurrent or retried request for the same name
     /// gets the same outcome, and a name already answered for gives AlreadyExists.
-    pub async fn create_once<F>(self: &Arc<Self>, what: &str, name: String, id: String, work: F) -> Result<String>
+    pub async fn create_once<F>(
+        self: &Arc<Self>,
+        what: &str,
+        name: String,
+        id: String,
+        work: F,
+    ) -> Result<String>
     where
         F: std::future::Future<Output = Result<()>> + Send + 'static,
     {
@@ -408,8 +425,22 @@ impl Pods {
                 self.store.delivered(&name);
                 Ok(id)
             }
-            (Ok(id), Some(_)) => Err(Error::already_exists(format!("{what} name {name:?} is reserved for {id:?}"))),
+            (Ok(id), Some(_)) => {
+                Err(Error::already_exists(format!("{what} name {name:?} is reserved for {id:?}")))
+            }
             (Err((kind, msg)), _) => Err(Error::new(kind, msg)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons() {
+        assert_eq!(exit_reason(0, false), "Completed");
+        assert_eq!(exit_reason(3, false), "Error");
+        assert_eq!(exit_reason(137, true), "OOMKilled");
     }
 }

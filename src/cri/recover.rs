@@ -70,7 +70,12 @@ impl Pods {
         for id in dir_entries(&self.paths.netns) {
             if !sandboxes.contains(&id) {
                 let path = self.paths.netns(&id);
-                cleanup("removing an orphaned netns", &id, blocking(move || crate::network::netns::remove(&path))).await;
+                cleanup(
+                    "removing an orphaned netns",
+                    &id,
+                    blocking(move || crate::network::netns::remove(&path)),
+                )
+                .await;
             }
         }
         for id in dir_entries(&self.paths.bundles) {

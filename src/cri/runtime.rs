@@ -11,8 +11,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::api;
-use super::rpc;
 use super::pods::Pods;
+use super::rpc;
 use crate::config::{CgroupDriver, Config};
 
 /// The CRI API version berth speaks.
@@ -64,7 +64,10 @@ impl RuntimeService {
             .handlers
             .keys()
             .flat_map(|name| {
-                let features = Some(api::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false });
+                let features = Some(api::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                });
                 let named = api::RuntimeHandler { name: name.clone(), features };
                 // The default handler also answers to "", as the kubelet names it.
                 let default = (*name == self.config.runtimes.default)
@@ -130,7 +133,8 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::RunPodSandboxRequest>,
     ) -> Result<Response<api::RunPodSandboxResponse>, Status> {
         let r = r.into_inner();
-        let name = r.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
+        let name =
+            r.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
         rpc("RunPodSandbox", &name, async {
             Ok(api::RunPodSandboxResponse { pod_sandbox_id: self.pods.run_pod_sandbox(r).await? })
         })
@@ -170,8 +174,10 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::ListPodSandboxRequest>,
     ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
         let filter = r.into_inner().filter;
-        rpc("ListPodSandbox", "", async { Ok(api::ListPodSandboxResponse { items: self.pods.list_pod_sandbox(filter)? }) })
-            .await
+        rpc("ListPodSandbox", "", async {
+            Ok(api::ListPodSandboxResponse { items: self.pods.list_pod_sandbox(filter)? })
+        })
+        .await
     }
     async fn create_container(
         &self,
@@ -256,7 +262,10 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         })
         .await
     }
-    async fn exec_sync(&self, r: Request<api::ExecSyncRequest>) -> Result<Response<api::ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        r: Request<api::ExecSyncRequest>,
+    ) -> Result<Response<api::ExecSyncResponse>, Status> {
         let r = r.into_inner();
         rpc("ExecSync", &r.container_id.clone(), self.pods.exec_sync(r)).await
     }

@@ -30,7 +30,11 @@ pub fn validate(config: &api::PodSandboxConfig) -> Result<api::PodSandboxMetadat
 }
 
 /// What CNI needs to know about a pod.
-pub fn pod_network(id: &str, config: &api::PodSandboxConfig, netns: Option<std::path::PathBuf>) -> Result<PodNetwork> {
+pub fn pod_network(
+    id: &str,
+    config: &api::PodSandboxConfig,
+    netns: Option<std::path::PathBuf>,
+) -> Result<PodNetwork> {
     let m = config.metadata.clone().unwrap_or_default();
     let annotations = config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let port_mappings = config
@@ -44,14 +48,20 @@ pub fn pod_network(id: &str, config: &api::PodSandboxConfig, netns: Option<std::
                     Ok(api::Protocol::Sctp) => Protocol::Sctp,
                     _ => Protocol::Tcp,
                 },
-                container_port: u16::try_from(p.container_port)
-                    .map_err(|_| Error::invalid(format!("port_mappings: container_port {} out of range", p.container_port)))?,
-                host_port: u16::try_from(p.host_port)
-                    .map_err(|_| Error::invalid(format!("port_mappings: host_port {} out of range", p.host_port)))?,
+                container_port: u16::try_from(p.container_port).map_err(|_| {
+                    Error::invalid(format!("port_mappings: container_port {} out of range", p.container_port))
+                })?,
+                host_port: u16::try_from(p.host_port).map_err(|_| {
+                    Error::invalid(format!("port_mappings: host_port {} out of range", p.host_port))
+                })?,
                 host_ip: if p.host_ip.is_empty() {
                     None
                 } else {
-                    Some(p.host_ip.parse().map_err(|_| Error::invalid(format!("port_mappings: host_ip {:?}", p.host_ip)))?)
+                    Some(
+                        p.host_ip
+                            .parse()
+                            .map_err(|_| Error::invalid(format!("port_mappings: host_ip {:?}", p.host_ip)))?,
+                    )
                 },
             })
         })
@@ -158,9 +168,12 @@ impl Pods {
             config.hostname.clone()
         };
         {
-            let (dir, hostname, ip, dns) = (dir.clone(), hostname.clone(), ips.first().cloned(), config.dns_config.clone());
-            blocking(move || super::files::write_sandbox_files(&dir, &hostname, host_net, ip.as_deref(), dns.as_ref()))
-                .await?;
+            let (dir, hostname, ip, dns) =
+                (dir.clone(), hostname.clone(), ips.first().cloned(), config.dns_config.clone());
+            blocking(move || {
+                super::files::write_sandbox_files(&dir, &hostname, host_net, ip.as_deref(), dns.as_ref())
+            })
+            .await?;
         }
         let shm = if host_ipc(config) {
             None
@@ -214,7 +227,8 @@ impl Pods {
     ) -> Result<std::path::PathBuf> {
         let rootfs = self.paths.rootfs(id);
         let snapshots = self.engine.snapshots.clone();
-        let (key, parent, target) = (id.to_string(), image.chain_id.as_ref().map(|c| c.to_string()), rootfs.clone());
+        let (key, parent, target) =
+            (id.to_string(), image.chain_id.as_ref().map(|c| c.to_string()), rootfs.clone());
         blocking(move || {
             std::fs::create_dir_all(&target).context(|| format!("creating {}", target.display()))?;
             let labels = [
@@ -236,7 +250,8 @@ impl Pods {
 
     /// Writes a bundle's config.json.
     pub fn write_spec(&self, id: &str, spec: &oci_spec::runtime::Spec) -> Result<()> {
-        let json = serde_json::to_vec_pretty(spec).map_err(|e| Error::internal(format!("encoding spec of {id}: {e}")))?;
+        let json = serde_json::to_vec_pretty(spec)
+            .map_err(|e| Error::internal(format!("encoding spec of {id}: {e}")))?;
         super::files::write_atomic(&self.paths.bundle(id).join("config.json"), &json)
     }
 }

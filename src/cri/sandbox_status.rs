@@ -50,12 +50,18 @@ impl Pods {
         }
     }
 
-    pub fn pod_sandbox_status(&self, req: api::PodSandboxStatusRequest) -> Result<api::PodSandboxStatusResponse> {
+    pub fn pod_sandbox_status(
+        &self,
+        req: api::PodSandboxStatusRequest,
+    ) -> Result<api::PodSandboxStatusResponse> {
         let id = self
             .store
             .resolve_sandbox(&req.pod_sandbox_id)?
             .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
-        let r = self.store.sandbox(&id).ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
+        let r = self
+            .store
+            .sandbox(&id)
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
         let mut info = HashMap::new();
         if req.verbose {
             let v = serde_json::json!({
@@ -103,7 +109,7 @@ impl Pods {
                 runtime_handler: r.runtime_handler.clone(),
             })
             .collect();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|x| std::cmp::Reverse(x.created_at));
         Ok(out)
     }
 }

@@ -49,9 +49,14 @@ impl Pods {
         match shim.state(id).await {
             Ok(s) if s.status == crate::task::ContainerStatus::Running => {
                 shim.kill(id, libc::SIGKILL, true).await?;
-                let ev = tokio::time::timeout(super::pods::CLEANUP_TIMEOUT, shim.wait(id)).await.map_err(|_| {
-                    crate::Error::new(crate::ErrorKind::DeadlineExceeded, format!("pod sandbox {id}: pause did not exit"))
-                })??;
+                let ev = tokio::time::timeout(super::pods::CLEANUP_TIMEOUT, shim.wait(id)).await.map_err(
+                    |_| {
+                        crate::Error::new(
+                            crate::ErrorKind::DeadlineExceeded,
+                            format!("pod sandbox {id}: pause did not exit"),
+                        )
+                    },
+                )??;
                 self.on_exit(id, &ev);
             }
             _ => {}

@@ -149,13 +149,17 @@ fn done_receiver(id: &str) -> watch::Receiver<Outcome> {
 impl Store {
     /// Loads every record. Names of loaded objects count as delivered.
     pub fn load(db: Arc<Db>) -> Result<Store> {
-        let sandboxes: BTreeMap<String, SandboxRecord> = db.read(|tx| tx.list(&SANDBOXES, ""))?.into_iter().collect();
+        let sandboxes: BTreeMap<String, SandboxRecord> =
+            db.read(|tx| tx.list(&SANDBOXES, ""))?.into_iter().collect();
         let containers: BTreeMap<String, ContainerRecord> =
             db.read(|tx| tx.list(&CONTAINERS, ""))?.into_iter().collect();
         let mut names = HashMap::new();
         for s in sandboxes.values() {
             if let Some(m) = &s.config.metadata {
-                names.insert(sandbox_name(m), NameEntry { id: s.id.clone(), done: done_receiver(&s.id), delivered: true });
+                names.insert(
+                    sandbox_name(m),
+                    NameEntry { id: s.id.clone(), done: done_receiver(&s.id), delivered: true },
+                );
             }
         }
         for c in containers.values() {
@@ -218,7 +222,14 @@ impl Store {
     }
 
     pub fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
-        self.inner.lock().unwrap().containers.values().filter(|c| c.sandbox_id == sandbox_id).cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
     }
 
     /// The full id of the sandbox `id` names: itself, or a unique prefix (as crictl passes).
@@ -244,8 +255,11 @@ impl Store {
     /// Changes a sandbox record; NotFound if it is gone.
     pub fn update_sandbox(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<SandboxRecord> {
         let mut inner = self.inner.lock().unwrap();
-        let mut rec =
-            inner.sandboxes.get(id).cloned().ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
+        let mut rec = inner
+            .sandboxes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
         f(&mut rec);
         self.db.write(|tx| tx.put(&SANDBOXES, id, &rec))?;
         inner.sandboxes.insert(id.to_string(), rec.clone());
@@ -267,10 +281,17 @@ impl Store {
         Ok(())
     }
 
-    pub fn update_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<ContainerRecord> {
+    pub fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
         let mut inner = self.inner.lock().unwrap();
-        let mut rec =
-            inner.containers.get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let mut rec = inner
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
         f(&mut rec);
         if inner.containers.get(id) != Some(&rec) {
             self.db.write(|tx| tx.put(&CONTAINERS, id, &rec))?;
@@ -328,7 +349,12 @@ mod tests {
         SandboxRecord {
             id: id.into(),
             config: api::PodSandboxConfig {
-                metadata: Some(api::PodSandboxMetadata { name: name.into(), namespace: "ns".into(), uid: "u".into(), attempt: 0 }),
+                metadata: Some(api::PodSandboxMetadata {
+                    name: name.into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
                 ..Default::default()
             },
             runtime_handler: String::new(),

@@ -167,7 +167,7 @@ impl ShimConfig {
 }
 
 /// `berth-shim start`: returns the socket of the shim serving `config.dir`, spawning one if none
-/// answers. The new shim is `/proc/self/exe serve ...` in its own process group, stdin /dev/null,
+/// answers. The new shim is `<this executable> serve ...` in its own process group, stdin /dev/null,
 /// stderr appended to `shim.log`; it says "ready" on stdout once its socket listens. The caller
 /// then exits, so the shim is reparented to init (or the nearest subreaper).
 pub fn start(config: &ShimConfig) -> Result<PathBuf> {
@@ -182,7 +182,13 @@ pub fn start(config: &ShimConfig) -> Result<PathBuf> {
         .append(true)
         .open(&log_path)
         .context(|| format!("opening {}", log_path.display()))?;
-    let mut child = Command::new("/proc/self/exe")
+    // The installed path, so `ps` and `pgrep berth-shim` show the shims; /proc/self/exe only if the
+    // binary was replaced or removed since this process started.
+    let exe = std::env::current_exe()
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let mut child = Command::new(exe)
         .arg("serve")
         .args(config.to_args())
         .process_group(0)

@@ -436,7 +436,7 @@ fn apparmor_profile(
 }
 
 /// containerd's `WithResources`, plus the checks the OCI runtime would otherwise fail on later.
-fn container_resources(
+pub fn container_resources(
     r: Option<&api::LinuxContainerResources>,
     env: &RuntimeEnv,
     devices: Vec<LinuxDeviceCgroup>,
