@@ -499,7 +499,7 @@ pub fn container_resources(
             res.set_hugepage_limits(Some(limits));
         } else {
             // containerd's default (tolerate_missing_hugetlb_controller).
-            tracing::warn!("hugetlb cgroup controller is absent: skipping huge page limits");
+            tracing::debug!("hugetlb cgroup controller is absent: skipping huge page limits");
         }
     }
     if !r.unified.is_empty() {
@@ -791,6 +791,13 @@ pub fn container_spec(
         config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
     if sandbox.metadata.is_none() {
         return Err(Error::invalid("pod sandbox config must include metadata"));
+    }
+    if !config.cdi_devices.is_empty() {
+        let names: Vec<&str> = config.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        return Err(Error::unimplemented(format!(
+            "cdi_devices: CDI devices are not supported ({})",
+            names.join(", ")
+        )));
     }
     let linux = config.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -1715,6 +1722,25 @@ mod tests {
     }
 
     #[test]
+    fn missing_metadata_and_cdi_devices_are_refused() {
+        let p = pod();
+        let mut c = kubelet_container(&p);
+        c.cdi_devices = vec![api::CdiDevice { name: "vendor.com/gpu=0".into() }];
+        let e = build(&p, &c, &kubelet_sandbox(), &test_env()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unimplemented);
+        assert!(e.to_string().contains("vendor.com/gpu=0"));
+        let mut c = kubelet_container(&p);
+        c.metadata = None;
+        assert_eq!(
+            build(&p, &c, &kubelet_sandbox(), &test_env()).unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
+        let mut sb = kubelet_sandbox();
+        sb.metadata = None;
+        assert!(build(&p, &kubelet_container(&p), &sb, &test_env()).is_err());
+    }
+
+    #[test]
     fn cri_devices_are_added_after_the_default_rules() {
         let p = pod();
         let mut c = kubelet_container(&p);
@@ -1900,5 +1926,194 @@ mod tests {
         for size in &env.hugepage_sizes {
             assert!(size.ends_with("B"), "{size}");
         }
+    }
+
+    /// Stops and removes what [`runc_runs_the_pause_and_a_container`] started, even when it fails.
+    struct RuncCleanup {
+        runc: PathBuf,
+        state: PathBuf,
+        ids: Vec<String>,
+        cgroup: String,
+    }
+
+    impl RuncCleanup {
+        fn runc(&self) -> std::process::Command {
+            let mut c = std::process::Command::new(&self.runc);
+            c.arg("--root").arg(&self.state);
+            c.stdin(std::process::Stdio::null());
+            c
+        }
+    }
+
+    impl Drop for RuncCleanup {
+        fn drop(&mut self) {
+            for id in self.ids.iter().rev() {
+                let _ = self.runc().args(["kill", id, "KILL"]).output();
+                let _ = self.runc().args(["delete", "--force", id]).output();
+            }
+            // runc removes the containers' cgroups, not the parent it created for them.
+            if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+                for h in hierarchies.flatten() {
+                    let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
+                }
+            }
+        }
+    }
+
+    fn cap_mask(names: &[&str]) -> u64 {
+        (0..64)
+            .filter(|bit| {
+                caps::names_from_mask(1 << bit).first().is_some_and(|n| names.contains(&n.as_str()))
+            })
+            .fold(0, |m, bit| m | 1 << bit)
+    }
+
+    /// The specs must be accepted by the real OCI runtime and do what they say: run the pause with
+    /// runc, then a container joining its namespaces that prints its own /proc status.
+    #[test]
+    fn runc_runs_the_pause_and_a_container() {
+        let runc = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().map(PathBuf::from).find(|p| p.exists());
+        let busybox = Path::new("/bin/busybox");
+        let (Some(runc), true, true) = (runc, nix::unistd::geteuid().is_root(), busybox.exists()) else {
+            eprintln!("skipping: needs root, runc and a static /bin/busybox");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tag = format!("berth-spec-test-{}", std::process::id());
+        let mut cleanup =
+            RuncCleanup { runc, state: dir.path().join("state"), ids: vec![], cgroup: tag.clone() };
+
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "cat", "sleep"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n")
+            .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
+        for (f, text) in [("hostname", "specpod\n"), ("hosts", "127.0.0.1 localhost\n"), ("resolv.conf", "")]
+        {
+            std::fs::write(dir.path().join(f), text).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("shm")).unwrap();
+
+        let env = detect_runtime_env(CgroupDriver::Cgroupfs).unwrap();
+        // hostNetwork keeps the test off the node's network setup; ipc and pid are the pod's.
+        let nso = ns_options(NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod);
+        let mut sb = kubelet_sandbox();
+        sb.linux.as_mut().unwrap().cgroup_parent = format!("/{tag}");
+        sb.linux.as_mut().unwrap().sysctls.clear();
+        sandbox_sc_mut(&mut sb).namespace_options = Some(nso.clone());
+        let mut ctx = SandboxContext {
+            id: format!("{tag}-pause"),
+            netns: None,
+            pause_pid: None,
+            hostname: "specpod".into(),
+            hostname_path: dir.path().join("hostname"),
+            hosts_path: dir.path().join("hosts"),
+            resolv_conf_path: dir.path().join("resolv.conf"),
+            shm_path: Some(dir.path().join("shm")),
+            cgroup_parent: format!("/{tag}"),
+        };
+        let pause = ImageConfig {
+            config: RuntimeConfig {
+                entrypoint: Some(strings(&["/bin/busybox", "sleep", "600"])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let spec = sandbox_spec(&sb, &ctx, &pause, &rootfs, &env).unwrap();
+        let bundle = dir.path().join("pause");
+        std::fs::create_dir(&bundle).unwrap();
+        spec.save(bundle.join("config.json")).unwrap();
+        cleanup.ids.push(ctx.id.clone());
+        // The detached pause inherits runc's stdio: a pipe would keep output() waiting for it.
+        let log = dir.path().join("pause.log");
+        let status = cleanup
+            .runc()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle)
+            .arg(&ctx.id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "runc run pause: {}", std::fs::read_to_string(&log).unwrap());
+        let state = cleanup.runc().args(["state", &ctx.id]).output().unwrap();
+        let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+        ctx.pause_pid = Some(state["pid"].as_u64().unwrap() as u32);
+
+        let mut c = kubelet_container(&Pod { dir: tempfile::tempdir().unwrap(), ctx: ctx.clone() });
+        c.mounts.clear();
+        c.command = strings(&[
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/status; echo oom=$(cat /proc/self/oom_score_adj); echo pid1=$(cat /proc/1/comm); cat /etc/hostname",
+        ]);
+        let res = c.linux.as_mut().unwrap().resources.as_mut().unwrap();
+        // Guaranteed pods ask for -997: only possible here when CAP_SYS_RESOURCE is available.
+        res.oom_score_adj = -997;
+        res.memory_limit_in_bytes = 64 << 20;
+        res.hugepage_limits.clear();
+        let sc = sc_mut(&mut c);
+        sc.namespace_options = Some(nso);
+        sc.run_as_user = Some(api::Int64Value { value: 1000 });
+        sc.supplemental_groups = vec![3000];
+        sc.no_new_privs = true;
+        sc.readonly_rootfs = true;
+        sc.seccomp = Some(profile(ProfileType::RuntimeDefault));
+        sc.capabilities = Some(api::Capability {
+            add_capabilities: strings(&["NET_ADMIN"]),
+            drop_capabilities: strings(&["NET_RAW"]),
+            ..Default::default()
+        });
+        let id = format!("{tag}-ctr");
+        let spec =
+            container_spec(&id, &c, &sb, &ctx, &ImageConfig::default(), "busybox", &rootfs, &env, None)
+                .unwrap();
+        let bundle = dir.path().join("ctr");
+        std::fs::create_dir(&bundle).unwrap();
+        spec.save(bundle.join("config.json")).unwrap();
+        cleanup.ids.push(id.clone());
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(&cleanup.runc)
+            .arg("--root")
+            .arg(&cleanup.state)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "runc run: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let field = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(field("Uid"), "1000 1000 1000 1000");
+        assert_eq!(field("Gid"), "1000 1000 1000 1000");
+        assert_eq!(field("Groups"), "1000 2000 3000");
+        assert_eq!(field("NoNewPrivs"), "1");
+        assert_eq!(field("Seccomp"), "2");
+        let mut want: Vec<&str> = DEFAULT_CAPS.iter().copied().filter(|c| *c != "CAP_NET_RAW").collect();
+        want.push("CAP_NET_ADMIN");
+        assert_eq!(u64::from_str_radix(&field("CapBnd"), 16).unwrap(), cap_mask(&want));
+        // A non-root user keeps no effective or ambient capabilities.
+        assert_eq!(u64::from_str_radix(&field("CapEff"), 16).unwrap(), 0);
+        assert_eq!(u64::from_str_radix(&field("CapAmb"), 16).unwrap(), 0);
+        // Inside the pause's pid namespace, where pid 1 is the pause (busybox), not our sh.
+        assert!(stdout.contains("pid1=busybox\n"), "{stdout}");
+        let want_oom = if env.can_lower_oom_score_adj { -997 } else { env.own_oom_score_adj.max(-997) };
+        assert!(stdout.contains(&format!("oom={want_oom}\n")), "{stdout}");
+        assert!(stdout.ends_with("specpod\n"), "{stdout}");
     }
 }

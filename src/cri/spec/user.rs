@@ -17,7 +17,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{SFlag, fstat};
 
 use crate::cri::api;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, ErrorKind, Result};
 
 /// The most bytes read from an image's `/etc/passwd` or `/etc/group` (containerd's limit).
 const MAX_USER_FILE_BYTES: u64 = 10 << 20;
@@ -44,6 +44,8 @@ pub fn read_in_root(root: &Path, rel: &str) -> Result<Option<String>> {
     let fd = match openat2(&dir, rel, how) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+        // A symlink loop is the image's doing, not a node problem.
+        Err(e @ Errno::ELOOP) => return Err(e).context_kind(ErrorKind::InvalidArgument, what),
         Err(e) => return Err(e).context(what),
     };
     let st = fstat(&fd).context(what)?;
@@ -526,6 +528,11 @@ mod tests {
         assert_eq!(read_in_root(&root, "etc/passwd").unwrap(), None);
         std::fs::write(root.join("etc/shadow"), "inside:x:7:7::/:/bin/sh\n").unwrap();
         assert_eq!(read_in_root(&root, "etc/passwd").unwrap().unwrap(), "inside:x:7:7::/:/bin/sh\n");
+
+        // A loop is refused, not followed forever.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        symlink("/etc/passwd", root.join("etc/passwd")).unwrap();
+        assert_eq!(read_in_root(&root, "etc/passwd").unwrap_err().kind(), crate::ErrorKind::InvalidArgument);
 
         // A symlinked /etc directory is resolved inside the root too.
         std::fs::remove_dir_all(root.join("etc")).unwrap();
