@@ -71,7 +71,32 @@ impl Pods {
             log_path: c.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             resources,
             image_id: c.image_id.clone(),
+            user: self.container_user(&c.id),
             ..Default::default()
+        })
+    }
+
+    /// The identity the container's first process started with, from its spec (the kubelet's
+    /// SupplementalGroupsPolicy reads it back).
+    fn container_user(&self, id: &str) -> Option<api::ContainerUser> {
+        let bytes = std::fs::read(self.paths.bundle(id).join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let user = spec.get("process")?.get("user")?;
+        let mut groups: Vec<i64> = user
+            .get("additionalGids")
+            .and_then(|g| g.as_array())
+            .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+            .unwrap_or_default();
+        let gid = user.get("gid")?.as_i64()?;
+        if !groups.contains(&gid) {
+            groups.insert(0, gid);
+        }
+        Some(api::ContainerUser {
+            linux: Some(api::LinuxContainerUser {
+                uid: user.get("uid")?.as_i64()?,
+                gid,
+                supplemental_groups: groups,
+            }),
         })
     }
 

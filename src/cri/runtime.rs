@@ -79,7 +79,7 @@ impl RuntimeService {
             status: Some(api::RuntimeStatus { conditions: vec![runtime, network] }),
             info,
             runtime_handlers,
-            features: Some(api::RuntimeFeatures { supplemental_groups_policy: false }),
+            features: Some(api::RuntimeFeatures { supplemental_groups_policy: true }),
         }
     }
 }
