@@ -247,6 +247,18 @@ impl Pods {
                 self.on_exit(sandbox, &ev);
             }
         }
+        for s in &states {
+            // Started by a StartContainer that berthd did not live to record.
+            if s.status == crate::task::ContainerStatus::Running && s.id != sandbox {
+                let _ = self.store.update_container(&s.id, |r| {
+                    if r.state == ContainerState::Created {
+                        r.state = ContainerState::Running;
+                        r.pid = s.pid;
+                        r.started_at = nanos(s.started_at).max(r.created_at);
+                    }
+                });
+            }
+        }
         for s in states {
             if s.status == crate::task::ContainerStatus::Stopped {
                 let ev = ExitEvent {

@@ -10,6 +10,7 @@
 //! Setup and teardown run in their own tokio task: a caller that gives up (the kubelet's deadline)
 //! cannot cut an ADD or its rollback in half. This module never touches the network itself (the
 //! plugins do), except bringing `lo` up when the list has no loopback plugin.
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -475,6 +476,16 @@ impl Inner {
             // Its own process group, so a timeout also kills what it delegated to (IPAM plugins).
             .process_group(0)
             .kill_on_drop(true);
+        // A plugin must not outlive berthd: an ADD finishing after a restarted berthd has rolled the
+        // pod back would leak its IP. (Tokio spawns from its long-lived worker threads, whose exit
+        // is what PR_SET_PDEATHSIG watches.)
+        // SAFETY: the closure runs in the forked child before exec and only makes the prctl system
+        // call, which is async-signal-safe; it touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let mut child = spawn_retrying_busy(&mut cmd, path).await.map_err(ExecError::Other)?;
         let pid = child.id();
         let (mut child_in, mut child_out, mut child_err) =
