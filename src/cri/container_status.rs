@@ -72,7 +72,6 @@ impl Pods {
             resources,
             image_id: c.image_id.clone(),
             user: self.container_user(&c.id),
-            ..Default::default()
         })
     }
 
