@@ -10,6 +10,7 @@
 
 mod harness;
 
+mod berthctl;
 mod critest;
 
 mod image_auth;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use berth::admin::proto::{self, berth_client::BerthClient};
@@ -387,17 +386,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(tokio::time::timeout(Duration::from_secs(24 * 3600), run(cli))) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => eprintln!("berthctl: {}", s.message()),
                 None => eprintln!("berthctl: {e:#}"),
             }
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("berthctl: timed out");
             ExitCode::FAILURE
         }
     }

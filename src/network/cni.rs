@@ -483,7 +483,8 @@ impl Inner {
         // call, which is async-signal-safe; it touches no memory shared with the parent.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
             });
         }
         let mut child = spawn_retrying_busy(&mut cmd, path).await.map_err(ExecError::Other)?;
