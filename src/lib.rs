@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod network;
 pub mod server;
+pub mod streaming;
 pub mod shim;
 pub mod task;
 
