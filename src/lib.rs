@@ -7,10 +7,11 @@ pub mod config;
 pub mod cri;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod network;
 pub mod server;
-pub mod streaming;
 pub mod shim;
+pub mod streaming;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

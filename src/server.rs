@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::cri;
 use crate::cri::pods::{Deps, Pods};
 use crate::engine::{Engine, EngineOptions};
+use crate::metrics::Metrics;
 use crate::network::{CniNetwork, CniOptions};
 use crate::task::ProcessShimLauncher;
 
@@ -87,6 +88,8 @@ pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
 pub struct Daemon {
     pub config: Arc<Config>,
     pub engine: Arc<Engine>,
+    pub pods: Arc<Pods>,
+    pub metrics: Arc<Metrics>,
     runtime: cri::runtime::RuntimeService,
     images: Arc<cri::image::ImageService>,
     admin: AdminService,
@@ -110,7 +113,8 @@ impl Daemon {
                 tracing::warn!(error = %e, "startup garbage collection");
             }
         });
-        let images = Arc::new(cri::image::ImageService::new(engine.clone(), &config));
+        let metrics = Arc::new(Metrics::new());
+        let images = Arc::new(cri::image::ImageService::new(engine.clone(), &config, metrics.clone()));
         let e = engine.clone();
         tokio::task::spawn_blocking(move || cri::pause::ensure_builtin(&e, cri::image::NAMESPACE))
             .await
@@ -130,11 +134,12 @@ impl Daemon {
             launcher: Arc::new(ProcessShimLauncher),
             env,
             shim_binary: sibling_binary("berth-shim"),
+            metrics: metrics.clone(),
         })?;
         pods.recover().await;
-        let runtime = cri::runtime::RuntimeService::new(config.clone(), pods);
-        let admin = AdminService::new(engine.clone());
-        Ok(Daemon { config, engine, runtime, images, admin })
+        let runtime = cri::runtime::RuntimeService::new(config.clone(), pods.clone(), metrics.clone());
+        let admin = AdminService::new(engine.clone(), metrics.clone());
+        Ok(Daemon { config, engine, pods, metrics, runtime, images, admin })
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls for at most
@@ -159,11 +164,29 @@ impl Daemon {
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(max_send);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        if !self.config.metrics.address.is_empty() {
+            let addr: std::net::SocketAddr =
+                self.config.metrics.address.parse().context("metrics.address")?;
+            let pods = self.pods.clone();
+            let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> =
+                Arc::new(move |m: &Metrics| pods.refresh_gauges(m));
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let stop = async {
+                    let _ = metrics_stop_rx.await;
+                };
+                if let Err(e) = crate::metrics::serve(addr, metrics, refresh, stop).await {
+                    tracing::error!(error = %e, "metrics endpoint");
+                }
+            });
+        }
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             shutdown.await;
             let _ = signalled_tx.send(());
             let _ = stop_tx.send(());
+            let _ = metrics_stop_tx.send(());
         });
         let server = tonic::transport::Server::builder()
             .add_service(runtime)

@@ -17,6 +17,7 @@ use crate::engine::image::pull::PullProgress;
 use crate::engine::image::reference::Reference;
 use crate::engine::metadata::{CONTENT, ImageRecord, validate_namespace};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// The generated code of `berth.v1`.
 pub mod proto {
@@ -30,11 +31,12 @@ const CHUNK: usize = 256 * 1024;
 
 pub struct AdminService {
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        AdminService { engine }
+    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>) -> Self {
+        AdminService { engine, metrics }
     }
 
     fn image(&self, rec: ImageRecord) -> proto::Image {
@@ -86,7 +88,7 @@ impl Berth for AdminService {
         &self,
         _r: Request<proto::VersionRequest>,
     ) -> std::result::Result<Response<proto::VersionResponse>, Status> {
-        rpc("berth.Version", "", async {
+        rpc(&self.metrics, "berth.Version", "", async {
             Ok(proto::VersionResponse {
                 version: env!("CARGO_PKG_VERSION").into(),
                 revision: option_env!("BERTH_REVISION").unwrap_or("").into(),
@@ -99,7 +101,7 @@ impl Berth for AdminService {
         &self,
         _r: Request<proto::ListNamespacesRequest>,
     ) -> std::result::Result<Response<proto::ListNamespacesResponse>, Status> {
-        rpc("berth.ListNamespaces", "", async {
+        rpc(&self.metrics, "berth.ListNamespaces", "", async {
             Ok(proto::ListNamespacesResponse { namespaces: self.engine.namespaces()? })
         })
         .await
@@ -110,7 +112,7 @@ impl Berth for AdminService {
         r: Request<proto::ListImagesRequest>,
     ) -> std::result::Result<Response<proto::ListImagesResponse>, Status> {
         let ns = r.into_inner().namespace;
-        rpc("berth.ListImages", &ns.clone(), async {
+        rpc(&self.metrics, "berth.ListImages", &ns.clone(), async {
             let ns = namespace(&ns)?;
             let images = self.engine.images(&ns)?.into_iter().map(|r| self.image(r)).collect();
             Ok(proto::ListImagesResponse { images })
@@ -177,7 +179,7 @@ impl Berth for AdminService {
         r: Request<proto::RemoveImageRequest>,
     ) -> std::result::Result<Response<proto::RemoveImageResponse>, Status> {
         let r = r.into_inner();
-        rpc("berth.RemoveImage", &r.name.clone(), async {
+        rpc(&self.metrics, "berth.RemoveImage", &r.name.clone(), async {
             let ns = namespace(&r.namespace)?;
             let name = match Reference::parse(&r.name) {
                 Ok(reference) if self.engine.image(&ns, &r.name)?.is_none() => reference.to_string(),
@@ -196,7 +198,7 @@ impl Berth for AdminService {
         &self,
         _r: Request<proto::ListContentRequest>,
     ) -> std::result::Result<Response<proto::ListContentResponse>, Status> {
-        rpc("berth.ListContent", "", async {
+        rpc(&self.metrics, "berth.ListContent", "", async {
             let blobs = self.engine.content.list()?;
             let content = blobs
                 .into_iter()
@@ -222,7 +224,7 @@ impl Berth for AdminService {
         &self,
         _r: Request<proto::ListSnapshotsRequest>,
     ) -> std::result::Result<Response<proto::ListSnapshotsResponse>, Status> {
-        rpc("berth.ListSnapshots", "", async {
+        rpc(&self.metrics, "berth.ListSnapshots", "", async {
             let snaps = self.engine.snapshots.list()?;
             let snapshots = snaps
                 .into_iter()
@@ -257,7 +259,7 @@ impl Berth for AdminService {
             None => return Err(Status::invalid_argument("import: empty stream")),
         };
         let ns = namespace(&first.namespace).map_err(|e| crate::cri::status::to_status(&e))?;
-        rpc("berth.ImportImages", &ns.clone(), async {
+        rpc(&self.metrics, "berth.ImportImages", &ns.clone(), async {
             let chunks = futures_util::stream::iter([Ok::<_, Status>(first)])
                 .chain(stream)
                 .map(|c| c.map(|c| bytes::Bytes::from(c.data)).map_err(std::io::Error::other));
@@ -307,7 +309,7 @@ impl Berth for AdminService {
         &self,
         _r: Request<proto::GarbageCollectRequest>,
     ) -> std::result::Result<Response<proto::GarbageCollectResponse>, Status> {
-        rpc("berth.GarbageCollect", "", async {
+        rpc(&self.metrics, "berth.GarbageCollect", "", async {
             let s = self.engine.gc(Default::default()).await?;
             Ok(proto::GarbageCollectResponse {
                 content_removed: s.content as i64,

@@ -19,6 +19,7 @@ use crate::engine::image::reference::Reference;
 use crate::engine::image::store::ImageInfo;
 use crate::engine::metadata::ImageRecord;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// The engine namespace of everything CRI creates.
 pub const NAMESPACE: &str = "k8s.io";
@@ -31,6 +32,7 @@ struct CriImage {
 
 pub struct ImageService {
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     sandbox_image: Option<String>,
     /// The sandbox image as configured.
     sandbox_image_name: String,
@@ -95,9 +97,9 @@ fn id_prefix(s: &str) -> Option<&str> {
 }
 
 impl ImageService {
-    pub fn new(engine: Arc<Engine>, config: &Config) -> Self {
+    pub fn new(engine: Arc<Engine>, config: &Config, metrics: Arc<Metrics>) -> Self {
         let sandbox_image = Reference::parse(&config.cri.sandbox_image).ok().map(|r| r.to_string());
-        ImageService { engine, sandbox_image, sandbox_image_name: config.cri.sandbox_image.clone() }
+        ImageService { engine, metrics, sandbox_image, sandbox_image_name: config.cri.sandbox_image.clone() }
     }
 
     /// The image `spec` names (a name, an ID or a unique ID prefix), if present.
@@ -229,7 +231,16 @@ impl ImageService {
             names.push(info.config_digest.to_string());
             names
         });
-        self.engine.pull(NAMESPACE, reference, creds, names, None).await
+        let started = std::time::Instant::now();
+        let pulled = self.engine.pull(NAMESPACE, reference, creds, names, None).await;
+        match &pulled {
+            Ok(p) => {
+                self.metrics.image_pull_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics.image_pull_bytes.inc_by(p.info.size.max(0) as u64);
+            }
+            Err(_) => self.metrics.image_pull_errors.inc(),
+        }
+        pulled
     }
 
     async fn remove(&self, spec: &str) -> Result<()> {
@@ -271,7 +282,7 @@ impl api::image_service_server::ImageService for ImageService {
         r: Request<api::ListImagesRequest>,
     ) -> Result<Response<api::ListImagesResponse>, Status> {
         let filter = r.into_inner().filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
-        rpc("ListImages", filter.as_deref().unwrap_or(""), async {
+        rpc(&self.metrics, "ListImages", filter.as_deref().unwrap_or(""), async {
             let images = match &filter {
                 Some(spec) => self.find(spec)?.map(|(img, _)| vec![self.to_cri(&img)]).unwrap_or_default(),
                 None => self.all()?.values().map(|img| self.to_cri(img)).collect(),
@@ -287,7 +298,7 @@ impl api::image_service_server::ImageService for ImageService {
     ) -> Result<Response<api::ImageStatusResponse>, Status> {
         let r = r.into_inner();
         let spec = r.image.map(|i| i.image).unwrap_or_default();
-        rpc("ImageStatus", &spec.clone(), async {
+        rpc(&self.metrics, "ImageStatus", &spec.clone(), async {
             let Some((img, _)) = self.find(&spec)? else {
                 return Ok(api::ImageStatusResponse::default());
             };
@@ -312,7 +323,7 @@ impl api::image_service_server::ImageService for ImageService {
     ) -> Result<Response<api::PullImageResponse>, Status> {
         let r = r.into_inner();
         let id = r.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-        rpc("PullImage", &id, self.pull(r)).await
+        rpc(&self.metrics, "PullImage", &id, self.pull(r)).await
     }
 
     async fn remove_image(
@@ -320,7 +331,7 @@ impl api::image_service_server::ImageService for ImageService {
         r: Request<api::RemoveImageRequest>,
     ) -> Result<Response<api::RemoveImageResponse>, Status> {
         let spec = r.into_inner().image.map(|i| i.image).unwrap_or_default();
-        rpc("RemoveImage", &spec.clone(), async {
+        rpc(&self.metrics, "RemoveImage", &spec.clone(), async {
             self.remove(&spec).await?;
             Ok(api::RemoveImageResponse {})
         })
@@ -331,7 +342,7 @@ impl api::image_service_server::ImageService for ImageService {
         &self,
         _r: Request<api::ImageFsInfoRequest>,
     ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
-        rpc("ImageFsInfo", "", async { self.fs_info() }).await
+        rpc(&self.metrics, "ImageFsInfo", "", async { self.fs_info() }).await
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Instant;
 use tonic::{Response, Status};
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
+
 pub use k8s_cri::v1 as api;
 
 pub mod container_create;
@@ -29,8 +31,8 @@ pub mod status;
 pub mod store;
 
 /// Runs one CRI call: a tracing span named after the method carrying the object id, debug logs of the
-/// outcome and duration, and the error → status mapping.
-pub async fn rpc<T, F>(method: &'static str, id: &str, f: F) -> Result<Response<T>, Status>
+/// outcome and duration, the request metrics, and the error → status mapping.
+pub async fn rpc<T, F>(metrics: &Metrics, method: &'static str, id: &str, f: F) -> Result<Response<T>, Status>
 where
     F: Future<Output = crate::Result<T>>,
 {
@@ -41,11 +43,13 @@ where
     let _enter = span.enter();
     match result {
         Ok(v) => {
+            metrics.observe_rpc(method, tonic::Code::Ok, elapsed);
             tracing::debug!(?elapsed, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = status::to_status(&e);
+            metrics.observe_rpc(method, status.code(), elapsed);
             match e.kind() {
                 crate::ErrorKind::NotFound
                 | crate::ErrorKind::InvalidArgument

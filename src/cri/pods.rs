@@ -28,6 +28,7 @@ use super::store::{ContainerState, SandboxState, Store};
 use crate::config::{Config, RuntimeHandler};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::task::{ExitEvent, LaunchOptions, ShimApi, ShimLauncher};
 
@@ -84,6 +85,7 @@ pub struct Deps {
     pub launcher: Arc<dyn ShimLauncher>,
     pub env: RuntimeEnv,
     pub shim_binary: PathBuf,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Pods {
@@ -96,6 +98,7 @@ pub struct Pods {
     pub shim_binary: PathBuf,
     pub paths: Paths,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
     shims: Mutex<HashMap<String, Arc<dyn ShimApi>>>,
 }
 
@@ -143,6 +146,7 @@ impl Pods {
             shim_binary: deps.shim_binary,
             paths,
             store,
+            metrics: deps.metrics,
             shims: Mutex::new(HashMap::new()),
         }))
     }
@@ -196,6 +200,15 @@ impl Pods {
         let shim = self.launcher.connect(&self.paths.shim_dir(sandbox)).await?;
         self.adopt_shim(sandbox, shim.clone());
         Ok(shim)
+    }
+
+    /// Fills the state gauges for a scrape.
+    pub fn refresh_gauges(&self, m: &Metrics) {
+        let ready = self.store.sandboxes().iter().filter(|s| s.state == SandboxState::Ready).count();
+        let running = self.store.containers().iter().filter(|c| c.state == ContainerState::Running).count();
+        m.pods_running.set(ready as i64);
+        m.containers_running.set(running as i64);
+        m.shims.set(self.shims.lock().unwrap().len() as i64);
     }
 
     fn watching(&self, sandbox: &str, shim: &Arc<dyn ShimApi>) -> bool {

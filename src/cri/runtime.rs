@@ -14,6 +14,7 @@ use super::api;
 use super::pods::Pods;
 use super::rpc;
 use crate::config::{CgroupDriver, Config};
+use crate::metrics::Metrics;
 
 /// The CRI API version berth speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -23,11 +24,12 @@ pub const RUNTIME_NAME: &str = "berth";
 pub struct RuntimeService {
     config: Arc<Config>,
     pods: Arc<Pods>,
+    metrics: Arc<Metrics>,
 }
 
 impl RuntimeService {
-    pub fn new(config: Arc<Config>, pods: Arc<Pods>) -> Self {
-        RuntimeService { config, pods }
+    pub fn new(config: Arc<Config>, pods: Arc<Pods>, metrics: Arc<Metrics>) -> Self {
+        RuntimeService { config, pods, metrics }
     }
 
     async fn status_response(&self, verbose: bool) -> api::StatusResponse {
@@ -96,7 +98,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _r: Request<api::VersionRequest>,
     ) -> Result<Response<api::VersionResponse>, Status> {
-        rpc("Version", "", async {
+        rpc(&self.metrics, "Version", "", async {
             Ok(api::VersionResponse {
                 version: "0.1.0".into(),
                 runtime_name: RUNTIME_NAME.into(),
@@ -109,14 +111,14 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn status(&self, r: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
         let verbose = r.get_ref().verbose;
-        rpc("Status", "", async { Ok(self.status_response(verbose).await) }).await
+        rpc(&self.metrics, "Status", "", async { Ok(self.status_response(verbose).await) }).await
     }
 
     async fn runtime_config(
         &self,
         _r: Request<api::RuntimeConfigRequest>,
     ) -> Result<Response<api::RuntimeConfigResponse>, Status> {
-        rpc("RuntimeConfig", "", async {
+        rpc(&self.metrics, "RuntimeConfig", "", async {
             let driver = match self.config.cri.cgroup_driver {
                 CgroupDriver::Systemd => api::CgroupDriver::Systemd,
                 CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
@@ -135,8 +137,11 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         let r = r.into_inner();
         let name =
             r.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
-        rpc("RunPodSandbox", &name, async {
-            Ok(api::RunPodSandboxResponse { pod_sandbox_id: self.pods.run_pod_sandbox(r).await? })
+        rpc(&self.metrics, "RunPodSandbox", &name, async {
+            let started = std::time::Instant::now();
+            let pod_sandbox_id = self.pods.run_pod_sandbox(r).await?;
+            self.metrics.pod_start_duration.observe(started.elapsed().as_secs_f64());
+            Ok(api::RunPodSandboxResponse { pod_sandbox_id })
         })
         .await
     }
@@ -145,8 +150,10 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::StopPodSandboxRequest>,
     ) -> Result<Response<api::StopPodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
-        rpc("StopPodSandbox", &id, async {
+        rpc(&self.metrics, "StopPodSandbox", &id, async {
+            let started = std::time::Instant::now();
             self.pods.stop_pod_sandbox(&id).await?;
+            self.metrics.pod_teardown_duration.observe(started.elapsed().as_secs_f64());
             Ok(api::StopPodSandboxResponse {})
         })
         .await
@@ -156,8 +163,10 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::RemovePodSandboxRequest>,
     ) -> Result<Response<api::RemovePodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
-        rpc("RemovePodSandbox", &id, async {
+        rpc(&self.metrics, "RemovePodSandbox", &id, async {
+            let started = std::time::Instant::now();
             self.pods.remove_pod_sandbox(&id).await?;
+            self.metrics.pod_teardown_duration.observe(started.elapsed().as_secs_f64());
             Ok(api::RemovePodSandboxResponse {})
         })
         .await
@@ -167,14 +176,17 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::PodSandboxStatusRequest>,
     ) -> Result<Response<api::PodSandboxStatusResponse>, Status> {
         let r = r.into_inner();
-        rpc("PodSandboxStatus", &r.pod_sandbox_id.clone(), async { self.pods.pod_sandbox_status(r) }).await
+        rpc(&self.metrics, "PodSandboxStatus", &r.pod_sandbox_id.clone(), async {
+            self.pods.pod_sandbox_status(r)
+        })
+        .await
     }
     async fn list_pod_sandbox(
         &self,
         r: Request<api::ListPodSandboxRequest>,
     ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
         let filter = r.into_inner().filter;
-        rpc("ListPodSandbox", "", async {
+        rpc(&self.metrics, "ListPodSandbox", "", async {
             Ok(api::ListPodSandboxResponse { items: self.pods.list_pod_sandbox(filter)? })
         })
         .await
@@ -185,7 +197,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<api::CreateContainerResponse>, Status> {
         let r = r.into_inner();
         let sandbox = r.pod_sandbox_id.clone();
-        rpc("CreateContainer", &sandbox, async {
+        rpc(&self.metrics, "CreateContainer", &sandbox, async {
             Ok(api::CreateContainerResponse { container_id: self.pods.create_container(r).await? })
         })
         .await
@@ -195,7 +207,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::StartContainerRequest>,
     ) -> Result<Response<api::StartContainerResponse>, Status> {
         let id = r.into_inner().container_id;
-        rpc("StartContainer", &id, async {
+        rpc(&self.metrics, "StartContainer", &id, async {
             self.pods.start_container(&id).await?;
             Ok(api::StartContainerResponse {})
         })
@@ -206,7 +218,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::StopContainerRequest>,
     ) -> Result<Response<api::StopContainerResponse>, Status> {
         let r = r.into_inner();
-        rpc("StopContainer", &r.container_id.clone(), async {
+        rpc(&self.metrics, "StopContainer", &r.container_id.clone(), async {
             self.pods.stop_container(&r.container_id, r.timeout).await?;
             Ok(api::StopContainerResponse {})
         })
@@ -217,7 +229,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::RemoveContainerRequest>,
     ) -> Result<Response<api::RemoveContainerResponse>, Status> {
         let id = r.into_inner().container_id;
-        rpc("RemoveContainer", &id, async {
+        rpc(&self.metrics, "RemoveContainer", &id, async {
             self.pods.remove_container(&id).await?;
             Ok(api::RemoveContainerResponse {})
         })
@@ -228,7 +240,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::ListContainersRequest>,
     ) -> Result<Response<api::ListContainersResponse>, Status> {
         let filter = r.into_inner().filter;
-        rpc("ListContainers", "", async {
+        rpc(&self.metrics, "ListContainers", "", async {
             Ok(api::ListContainersResponse { containers: self.pods.list_containers(filter)? })
         })
         .await
@@ -238,14 +250,17 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::ContainerStatusRequest>,
     ) -> Result<Response<api::ContainerStatusResponse>, Status> {
         let r = r.into_inner();
-        rpc("ContainerStatus", &r.container_id.clone(), async { self.pods.container_status(r) }).await
+        rpc(&self.metrics, "ContainerStatus", &r.container_id.clone(), async {
+            self.pods.container_status(r)
+        })
+        .await
     }
     async fn update_container_resources(
         &self,
         r: Request<api::UpdateContainerResourcesRequest>,
     ) -> Result<Response<api::UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
-        rpc("UpdateContainerResources", &r.container_id.clone(), async {
+        rpc(&self.metrics, "UpdateContainerResources", &r.container_id.clone(), async {
             self.pods.update_container_resources(r).await?;
             Ok(api::UpdateContainerResourcesResponse {})
         })
@@ -256,7 +271,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::ReopenContainerLogRequest>,
     ) -> Result<Response<api::ReopenContainerLogResponse>, Status> {
         let id = r.into_inner().container_id;
-        rpc("ReopenContainerLog", &id, async {
+        rpc(&self.metrics, "ReopenContainerLog", &id, async {
             self.pods.reopen_container_log(&id).await?;
             Ok(api::ReopenContainerLogResponse {})
         })
@@ -267,7 +282,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::ExecSyncRequest>,
     ) -> Result<Response<api::ExecSyncResponse>, Status> {
         let r = r.into_inner();
-        rpc("ExecSync", &r.container_id.clone(), self.pods.exec_sync(r)).await
+        rpc(&self.metrics, "ExecSync", &r.container_id.clone(), self.pods.exec_sync(r)).await
     }
     async fn exec(&self, _r: Request<api::ExecRequest>) -> Result<Response<api::ExecResponse>, Status> {
         unimplemented("Exec")
@@ -310,7 +325,7 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         r: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<api::UpdateRuntimeConfigResponse>, Status> {
         let cidr = r.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
-        rpc("UpdateRuntimeConfig", "", async {
+        rpc(&self.metrics, "UpdateRuntimeConfig", "", async {
             if let Some(cidr) = cidr {
                 self.pods.network.set_pod_cidr(&cidr)?;
             }

@@ -156,7 +156,9 @@ impl Pods {
                 r.netns = Some(path.clone());
                 r.network_attached = true;
             })?;
+            let started = std::time::Instant::now();
             let status = self.network.setup(&pod_network(id, config, Some(path))?).await?;
+            self.metrics.cni_duration.with_label_values(&["setup"]).observe(started.elapsed().as_secs_f64());
             ips = status.ips.iter().map(|ip| ip.to_string()).collect();
             let ips2 = ips.clone();
             self.store.update_sandbox(id, |r| r.ips = ips2)?;

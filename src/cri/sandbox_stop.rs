@@ -69,7 +69,12 @@ impl Pods {
         let Some(rec) = self.store.sandbox(id) else { return Ok(()) };
         if rec.network_attached {
             let pod = pod_network(id, &rec.config, rec.netns.clone().filter(|p| p.exists()))?;
+            let started = std::time::Instant::now();
             self.network.teardown(&pod).await?;
+            self.metrics
+                .cni_duration
+                .with_label_values(&["teardown"])
+                .observe(started.elapsed().as_secs_f64());
             self.store.update_sandbox(id, |r| r.network_attached = false)?;
         }
         super::files::unmount(&self.paths.sandbox_dir(id).join("shm"))?;
