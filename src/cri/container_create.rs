@@ -118,6 +118,7 @@ impl Pods {
             )?;
             self.write_spec(id, &spec)?;
             self.store.update_container(id, |r| r.state = ContainerState::Created)?;
+            self.emit(self.event(id, sandbox_id, api::ContainerEventType::ContainerCreatedEvent));
             Ok::<_, Error>(())
         }
         .await;

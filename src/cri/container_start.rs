@@ -67,6 +67,11 @@ impl Pods {
                     r.pid = pid;
                     r.started_at = now_nanos();
                 })?;
+                self.emit(self.event(
+                    &id,
+                    &sandbox.id,
+                    super::api::ContainerEventType::ContainerStartedEvent,
+                ));
                 // An exit that raced the update above was dropped by on_exit: catch it.
                 if let Ok(s) = shim.state(&id).await
                     && s.status == crate::task::ContainerStatus::Stopped

@@ -83,7 +83,11 @@ impl Pods {
             shim.delete(id).await?;
         }
         self.remove_rootfs(id).await?;
+        let event = self.event(id, &rec.sandbox_id, super::api::ContainerEventType::ContainerDeletedEvent);
         self.store.delete_container(id)?;
+        if rec.state != ContainerState::Creating {
+            self.emit(event);
+        }
         if let (Some(cm), Some(sm)) =
             (&rec.config.metadata, self.store.sandbox(&rec.sandbox_id).and_then(|s| s.config.metadata))
         {

@@ -100,7 +100,12 @@ pub struct Pods {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     shims: Mutex<HashMap<String, Arc<dyn ShimApi>>>,
+    events: tokio::sync::broadcast::Sender<api::ContainerEventResponse>,
 }
+
+/// Container events kept for subscribers that fall behind (they then miss events, as with
+/// containerd; the kubelet's evented PLEG relists periodically).
+pub const EVENT_BUFFER: usize = 1024;
 
 /// Unix nanoseconds of a SystemTime (0 for none).
 pub fn nanos(t: Option<std::time::SystemTime>) -> i64 {
@@ -148,6 +153,7 @@ impl Pods {
             store,
             metrics: deps.metrics,
             shims: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }))
     }
 
@@ -200,6 +206,46 @@ impl Pods {
         let shim = self.launcher.connect(&self.paths.shim_dir(sandbox)).await?;
         self.adopt_shim(sandbox, shim.clone());
         Ok(shim)
+    }
+
+    /// Subscribes to container lifecycle events.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<api::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// The event for `container` (a container, or the sandbox itself) in `sandbox`, with the pod's
+    /// current statuses. Build it before a removal, emit it after.
+    pub fn event(
+        &self,
+        container: &str,
+        sandbox: &str,
+        kind: api::ContainerEventType,
+    ) -> api::ContainerEventResponse {
+        let pod_sandbox_status = self
+            .pod_sandbox_status(api::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.to_string(),
+                verbose: false,
+            })
+            .ok()
+            .and_then(|r| r.status);
+        let containers_statuses = self
+            .store
+            .containers_of(sandbox)
+            .iter()
+            .filter_map(|c| self.container_status_of(c).ok())
+            .collect();
+        api::ContainerEventResponse {
+            container_id: container.to_string(),
+            container_event_type: kind as i32,
+            created_at: crate::engine::metadata::now_nanos(),
+            pod_sandbox_status,
+            containers_statuses,
+        }
+    }
+
+    /// Publishes an event; nobody listening is fine, and a slow listener only lags.
+    pub fn emit(&self, event: api::ContainerEventResponse) {
+        let _ = self.events.send(event);
     }
 
     /// Fills the state gauges for a scrape.
@@ -289,16 +335,21 @@ impl Pods {
     /// Records an exit: of the pause (the sandbox is no longer ready) or of a container.
     pub fn on_exit(&self, sandbox: &str, ev: &ExitEvent) {
         if ev.id == sandbox {
+            let was_ready = self.store.sandbox(sandbox).is_some_and(|s| s.state == SandboxState::Ready);
             let _ = self.store.update_sandbox(sandbox, |r| {
                 if r.state == SandboxState::Ready {
                     r.state = SandboxState::NotReady;
                 }
                 r.pid = 0;
             });
+            if was_ready {
+                self.emit(self.event(sandbox, sandbox, api::ContainerEventType::ContainerStoppedEvent));
+            }
             return;
         }
         let message = self.termination_message(&ev.id);
-        let _ = self.store.update_container(&ev.id, |r| {
+        let was_exited = self.store.container(&ev.id).is_none_or(|c| c.state == ContainerState::Exited);
+        let updated = self.store.update_container(&ev.id, |r| {
             if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
             {
                 r.state = ContainerState::Exited;
@@ -313,6 +364,9 @@ impl Pods {
                 }
             }
         });
+        if !was_exited && updated.is_ok_and(|c| c.state == ContainerState::Exited) {
+            self.emit(self.event(&ev.id, sandbox, api::ContainerEventType::ContainerStoppedEvent));
+        }
     }
 
     /// The shim died (or vanished with a reboot): running containers are recorded as exited with

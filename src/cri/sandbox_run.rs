@@ -217,6 +217,8 @@ impl Pods {
             r.state = SandboxState::Ready;
             r.pid = pid;
         })?;
+        self.emit(self.event(id, id, api::ContainerEventType::ContainerCreatedEvent));
+        self.emit(self.event(id, id, api::ContainerEventType::ContainerStartedEvent));
         Ok(())
     }
 

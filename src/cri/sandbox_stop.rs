@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::api;
 use super::pods::{Pods, blocking, cleanup};
 use super::sandbox_run::pod_network;
 use super::store::{SandboxState, sandbox_name};
@@ -35,6 +36,9 @@ impl Pods {
                 r.state = SandboxState::NotReady;
                 r.pid = 0;
             })?;
+            if rec.state == SandboxState::Ready {
+                self.emit(self.event(id, id, api::ContainerEventType::ContainerStoppedEvent));
+            }
         }
         Ok(())
     }
@@ -115,7 +119,11 @@ impl Pods {
             }
         }
         if let Some(rec) = self.store.sandbox(id) {
+            let event = self.event(id, id, api::ContainerEventType::ContainerDeletedEvent);
             self.store.delete_sandbox(id)?;
+            if rec.state != SandboxState::Creating {
+                self.emit(event);
+            }
             if let Some(m) = &rec.config.metadata {
                 self.store.release(&sandbox_name(m), id);
             }
