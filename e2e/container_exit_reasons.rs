@@ -1,6 +1,6 @@
 //! How containers end, as the kubelet reads it from ContainerStatus: exit 0 is `Completed`, exit 3 is
 //! `Error`, a container killed by the kernel for exceeding its memory limit is `OOMKilled` (137);
-//! started_at ≤ finished_at, and the termination message the container wrote to the file mounted at
+//! started_at ≤ finished_at even for a container that exits at once, and the termination message the container wrote to the file mounted at
 //! its terminationMessagePath (the default `/dev/termination-log` or one of its own) shows as
 //! `message`. Exited containers stay listed until RemoveContainer.
 
@@ -11,9 +11,10 @@ use k8s_cri::v1::ContainerStatus;
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};
 
+/// Times are set (their order is [`instant_exits_finish_after_they_start`]'s business).
 fn check_times(s: &ContainerStatus) {
     assert!(s.created_at > 0 && s.started_at >= s.created_at, "{s:?}");
-    assert!(s.finished_at >= s.started_at, "finished before it started: {s:?}");
+    assert!(s.finished_at > s.created_at, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,4 +64,30 @@ async fn exit_codes_reasons_and_termination_message() {
 
     cri.stop_remove_pod(&pod_id).await.expect("stop and remove the pod");
     assert_back_to(&berthd, &before);
+}
+
+/// A container that exits at once: its exit can reach berth before StartContainer has returned, and
+/// its times must still be in order (the kubelet shows them and orders events by them).
+#[tokio::test(flavor = "multi_thread")]
+async fn instant_exits_finish_after_they_start() {
+    let reg = Registry::shared();
+    let berthd = Berthd::started_with_network(&[reg]);
+    let before = Leaks::of(&berthd);
+    let mut cri = berthd.cri().await;
+    let image = cri.pull(&images().busybox.reference(&reg.host())).await.expect("PullImage busybox");
+    let pod = berthd.pod("instant");
+    let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
+    let mut bad = Vec::new();
+    for i in 0..10 {
+        let c = pod.container(&format!("instant-{i}"), &image).command(&["true"]).build();
+        let id = cri.create_start(&pod_id, &pod, c).await.expect("container");
+        let s = cri.wait_exited(&id, Duration::from_secs(30)).await;
+        assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
+        if s.finished_at < s.started_at {
+            bad.push(format!("{}: started_at {} > finished_at {}", id, s.started_at, s.finished_at));
+        }
+    }
+    cri.stop_remove_pod(&pod_id).await.expect("stop and remove the pod");
+    assert_back_to(&berthd, &before);
+    assert!(bad.is_empty(), "containers that finished before they started:\n{}", bad.join("\n"));
 }
