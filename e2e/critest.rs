@@ -41,7 +41,8 @@ fn critest_groups_that_berth_passes() {
     let registry = registry.trim().lines().last().unwrap_or("").to_string();
     assert!(!registry.is_empty(), "registry.sh start printed no address");
 
-    let dir = harness::temp_dir("berth-critest");
+    // Short: a shim's socket is <dir>/state/pods/<64 hex>/shim.sock and must fit sun_path (107 bytes).
+    let dir = harness::temp_dir("bct-");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("critest-config/berth-critest.sh");
     let skip = std::iter::once(OFFLINE).chain(NOT_YET.iter().copied()).collect::<Vec<_>>().join("|");
     let out = Command::new(&script)

@@ -1,6 +1,8 @@
 //! Pulled images survive a restart of berthd, clean (SIGTERM) or not (SIGKILL after the pulls
-//! returned): ListImages answers the same before and after.
+//! returned): ListImages answers the same before and after (berth's built-in pause image, imported
+//! at start and pinned, included).
 
+use berth::config::BUILTIN_PAUSE_IMAGE;
 use k8s_cri::v1::Image;
 
 use crate::harness::{Berthd, Cri, Registry, images};
@@ -33,8 +35,10 @@ async fn images_survive(crash: bool) {
         cri.pull(r).await.unwrap_or_else(|e| panic!("pulling {r}: {e:?}"));
     }
     let before = listed(&mut cri).await;
+    let pause = before.iter().find(|i| i.repo_tags.iter().any(|t| t == BUILTIN_PAUSE_IMAGE));
+    assert!(pause.is_some_and(|p| p.pinned), "the built-in pause image is not listed pinned: {before:#?}");
     // busybox:1, :2 and multiarch:1 are one image (the index's host manifest is busybox's).
-    assert_eq!(before.len(), 3, "{before:#?}");
+    assert_eq!(before.len(), 3 + 1, "{before:#?}");
     let busybox = before.iter().find(|i| i.id == all.busybox.id()).expect("busybox listed");
     assert_eq!(busybox.repo_tags.len(), 3, "{busybox:?}");
     drop(cri);

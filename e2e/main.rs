@@ -1,7 +1,10 @@
 //! End-to-end tests: a real berthd binary, real registries (Debian's docker-registry) and test images
 //! the suite builds itself from busybox-static. One scenario per file; the harness is in `harness/`.
 //! They need root and the tools `.ci/run` installs; each test starts its own berthd, and registries
-//! are shared per process only where tests just read from them.
+//! are shared per process only where tests just read from them. Pod scenarios (`pod_*`, `container_*`,
+//! `kubelet_habits`) run real pods with Debian's runc and CNI plugins on a bridge and /24 subnet of
+//! their own (`harness::net`), send kubelet-shaped configs (`harness::pod`), and compare a leak
+//! inventory (`harness::leaks`) before and after.
 //!
 //! Run: `cargo test --test e2e` as root (`-- harness` for the harness's own tests only).
 //! `BERTH_E2E_LARGE_MIB` sets the size of `e2e/large:1` (default 300). Test images are cached in
@@ -12,6 +15,20 @@ mod harness;
 
 mod berthctl;
 mod critest;
+
+mod container_exec_sync;
+mod container_exit_reasons;
+mod container_logs;
+mod container_readonly_rootfs;
+mod container_stop_timeout;
+mod container_user_caps;
+mod kubelet_habits;
+mod pod_churn;
+mod pod_failures;
+mod pod_host_network;
+mod pod_host_port;
+mod pod_multi_container;
+mod pod_restart_recovery;
 
 mod image_auth;
 mod image_concurrent_pull;

@@ -1,9 +1,14 @@
 //! A real `berthd` process per test: its own root, state, socket and `certs.d` in a temp dir, its
 //! configuration written from berth's own [`Config`] type (so a test adjusts typed fields and the file
 //! always matches the schema), its output captured to a log that is printed (and kept in
-//! `<tmp>/berth-e2e-failed/`) when the test fails. Stopping it unmounts whatever is left under its
-//! directories before deleting them. This module must never touch paths outside its temp dir, and must
-//! never leave a berthd running after its [`Berthd`] is gone.
+//! `<tmp>/berth-e2e-failed/`) when the test fails. A berthd can get a pod network of its own
+//! ([`Berthd::with_network`]) and hands out kubelet-shaped pod configs ([`Berthd::pod`]) whose cgroups
+//! sit under a cgroup root of its own. Dropping it first stops and removes every pod through CRI (a
+//! berthd killed by the test is started again for that), then force-deletes whatever runc still runs
+//! from its state and kills what is left of its shims, removes its cgroup root, stops berthd and
+//! unmounts whatever is left under its directories before deleting them. This module must never touch
+//! paths, processes or cgroups that are not this berthd's, and must never leave a berthd or a pod
+//! running after its [`Berthd`] is gone.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -18,6 +23,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::cri::Cri;
+use super::net::{CNI_BIN, PodNet};
+use super::pod::PodConfig;
 use super::registry::Registry;
 
 /// How long berthd may take to accept on its socket after being spawned.
@@ -40,6 +47,9 @@ pub struct Berthd {
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
+    cgroup_root: String,
+    /// Dropped after berthd is stopped (fields drop after `Drop::drop`).
+    net: Option<PodNet>,
 }
 
 impl Berthd {
@@ -48,7 +58,8 @@ impl Berthd {
     /// and debug logs from berth itself.
     pub fn new() -> Berthd {
         super::require_prerequisites();
-        let dir = super::temp_dir("berth-e2e-");
+        // Short: a pod's shim socket is <state>/pods/<64 hex>/shim.sock, and sun_path holds 107 bytes.
+        let dir = super::temp_dir("be2e-");
         let mut config = Config { root: dir.join("root"), state: dir.join("state"), ..Config::default() };
         config.grpc.address = dir.join("state/berth.sock");
         config.cri.registry.config_path = dir.join("certs.d");
@@ -56,7 +67,74 @@ impl Berthd {
         config.cri.image_pull_progress_timeout = Duration::from_secs(60);
         config.debug.level = "info,berth=debug".into();
         let log = dir.join("berthd.log");
-        Berthd { dir, config, binary: env!("CARGO_BIN_EXE_berthd").into(), child: None, log, starts: 0 }
+        let cgroup_root = dir.file_name().and_then(|n| n.to_str()).unwrap_or("berth-e2e").to_string();
+        Berthd {
+            dir,
+            config,
+            binary: env!("CARGO_BIN_EXE_berthd").into(),
+            child: None,
+            log,
+            starts: 0,
+            cgroup_root,
+            net: None,
+        }
+    }
+
+    /// A berthd (not started) with a pod network of its own ([`PodNet`]): the conflist in
+    /// `<dir>/net.d`, Debian's CNI plugins from /usr/lib/cni.
+    pub fn with_network() -> Berthd {
+        let mut b = Berthd::new();
+        let net = PodNet::claim();
+        b.config.cni.conf_dir = b.dir.join("net.d");
+        b.config.cni.bin_dirs = vec![CNI_BIN.into()];
+        net.write_conflist(&b.config.cni.conf_dir);
+        b.net = Some(net);
+        b
+    }
+
+    /// [`Berthd::with_network`] trusting `registries`, started.
+    pub fn started_with_network(registries: &[&Registry]) -> Berthd {
+        let mut b = Berthd::with_network();
+        for r in registries {
+            b.trust(r);
+        }
+        b.start();
+        b
+    }
+
+    /// The pod network, if this berthd has one.
+    pub fn net(&self) -> Option<&PodNet> {
+        self.net.as_ref()
+    }
+
+    /// The cgroup (relative to each hierarchy's root) under which [`Berthd::pod`] puts pods.
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
+    /// A kubelet-shaped pod config (see [`PodConfig::new`]) whose cgroup parent is
+    /// `/<cgroup root>/pod<uid>`, as the kubelet's `/kubepods/besteffort/pod<uid>`.
+    pub fn pod(&self, name: &str) -> PodConfig {
+        let pod = PodConfig::new(name);
+        let parent = format!("/{}/pod{}", self.cgroup_root, pod.uid());
+        pod.cgroup_parent(&parent)
+    }
+
+    /// Puts a wrapper of the CNI plugin `plugin` first in `bin_dirs`: a shell script that runs
+    /// `prelude` (with the CNI environment, e.g. `[ "$CNI_COMMAND" = ADD ] && sleep 3`) and then the
+    /// real plugin from /usr/lib/cni. Takes effect at the next start.
+    pub fn wrap_cni_plugin(&mut self, plugin: &str, prelude: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir.join("cni-wrap");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let path = dir.join(plugin);
+        let script = format!("#!/bin/sh\n{prelude}\nexec {CNI_BIN}/{plugin} \"$@\"\n");
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        if !self.config.cni.bin_dirs.contains(&dir) {
+            self.config.cni.bin_dirs.insert(0, dir);
+        }
     }
 
     /// A berthd that trusts `registries` (see [`Berthd::trust`]), started.
@@ -116,17 +194,24 @@ impl Berthd {
     /// it exits or does not accept within 30 s.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "berthd is already running");
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Berthd::start`] returning the failure instead of panicking (for use in `Drop`).
+    fn try_start(&mut self) -> Result<(), String> {
         let config_path = self.dir.join("config.toml");
         std::fs::write(&config_path, self.config.dump())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
+            .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
+            .map_err(|e| format!("opening {}: {e}", self.log.display()))?;
         let _ = writeln!(log, "=== berth-e2e: start #{} of {} ===", self.starts, self.binary.display());
-        let stderr = log.try_clone().expect("cloning the log file handle");
+        let stderr = log.try_clone().map_err(|e| format!("cloning the log file handle: {e}"))?;
         let child = Command::new(&self.binary)
             .args(berthd_args(&config_path))
             .env_remove("RUST_LOG")
@@ -134,23 +219,26 @@ impl Berthd {
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+            .map_err(|e| format!("spawning {}: {e}", self.binary.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
-                panic!("berthd exited ({status}) before accepting on its socket; log:\n{}", self.log());
+                return Err(format!(
+                    "berthd exited ({status}) before accepting on its socket; log:\n{}",
+                    self.log()
+                ));
             }
             if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "berthd did not accept on {} within {START_TIMEOUT:?}; log:\n{}",
                     self.socket().display(),
                     self.log()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -206,8 +294,140 @@ fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// How long Drop's "stop and remove every pod" may take.
+const REMOVE_PODS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Stops and removes every pod sandbox through CRI, as the kubelet would for deleted pods. Runs on a
+/// thread with a runtime of its own, since Drop may run inside (or outside) a tokio runtime.
+fn remove_all_pods(socket: &Path) -> Result<usize, String> {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("building a runtime: {e}"))?;
+        rt.block_on(async {
+            tokio::time::timeout(REMOVE_PODS_TIMEOUT, async {
+                use k8s_cri::v1::{ListPodSandboxRequest, RemovePodSandboxRequest, StopPodSandboxRequest};
+                let mut cri = Cri::connect(&socket).await.map_err(|e| format!("connecting: {e}"))?;
+                let pods = cri
+                    .runtime
+                    .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                    .await
+                    .map_err(|e| format!("ListPodSandbox: {e}"))?
+                    .into_inner()
+                    .items;
+                let mut errors = Vec::new();
+                for p in &pods {
+                    let id = p.id.clone();
+                    if let Err(e) = cri
+                        .runtime
+                        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() })
+                        .await
+                    {
+                        errors.push(format!("StopPodSandbox {id}: {e}"));
+                    }
+                    if let Err(e) = cri
+                        .runtime
+                        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
+                        .await
+                    {
+                        errors.push(format!("RemovePodSandbox {id}: {e}"));
+                    }
+                }
+                if errors.is_empty() { Ok(pods.len()) } else { Err(errors.join("; ")) }
+            })
+            .await
+            .map_err(|_| format!("removing the pods took more than {REMOVE_PODS_TIMEOUT:?}"))?
+        })
+    })
+    .join()
+    .map_err(|_| "the pod removal thread panicked".to_string())?
+}
+
+impl Berthd {
+    /// Whether berthd's state holds any pod (a shim's directory or a sandbox's).
+    fn has_pods(&self) -> bool {
+        ["pods", "sandboxes"].iter().any(|d| {
+            std::fs::read_dir(self.state().join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false)
+        })
+    }
+
+    /// What a failed test may leave behind that CRI could not remove: containers runc still knows in
+    /// berthd's runtime roots (force-deleted), shims and container processes (SIGKILLed), and the
+    /// cgroup root (removed). Returns what it had to do.
+    fn force_cleanup(&self) -> Vec<String> {
+        let mut done = Vec::new();
+        let roots = std::fs::read_dir(self.state().join("runtime"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for root in roots {
+            let Ok(out) = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output() else {
+                continue;
+            };
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ =
+                    Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
+                done.push(format!("runc delete --force {id}"));
+            }
+        }
+        let procs = super::leaks::processes();
+        for p in super::leaks::shims_of(self, &procs)
+            .into_iter()
+            .chain(super::leaks::container_processes(self, &procs))
+        {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            done.push(format!("killed {} {}", p.pid, p.command()));
+        }
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in rd.filter_map(|e| e.ok()) {
+                let root = h.path().join(&self.cgroup_root);
+                if root.is_dir() {
+                    remove_cgroup_tree(&root);
+                }
+            }
+        }
+        done
+    }
+}
+
+/// Removes a cgroup directory and its children, deepest first (cgroup dirs are removed with rmdir;
+/// their files are not real files). A cgroup whose last process is still exiting is retried briefly.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    eprintln!("berth-e2e: could not remove cgroup {}", dir.display());
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
+        // Every pod goes the way the kubelet removes it, so a failing test leaves nothing running;
+        // a berthd the test killed is started again to do it (it recovers its pods first).
+        if self.child.is_none()
+            && self.has_pods()
+            && let Err(e) = self.try_start()
+        {
+            eprintln!("berth-e2e: restarting berthd to remove its pods: {e}");
+        }
+        if self.child.is_some() {
+            match remove_all_pods(self.socket()) {
+                Ok(0) => {}
+                Ok(n) => eprintln!("berth-e2e: removed {n} pod(s) the test left"),
+                Err(e) => eprintln!("berth-e2e: removing the pods the test left: {e}"),
+            }
+        }
         if let Some(mut child) = self.child.take()
             && terminate(&mut child, Duration::from_secs(15)).is_none()
         {
@@ -225,6 +445,10 @@ impl Drop for Berthd {
                 "---- berthd log (last 300 lines; whole log kept in {}) ----\n{tail}\n----",
                 kept.display()
             );
+        }
+        let forced = self.force_cleanup();
+        if !forced.is_empty() {
+            eprintln!("berth-e2e: force-cleaned what CRI did not remove: {forced:?}");
         }
         let unmounted = super::fs::unmount_all_under(&self.dir);
         if !unmounted.is_empty() {

@@ -1,16 +1,26 @@
 //! A CRI v1 client over berthd's unix socket, as the kubelet connects: gRPC on HTTP/2 over a
-//! `UnixStream`. Thin helpers wrap the image calls the scenarios repeat; anything else goes through the
-//! public `image` and `runtime` clients directly. It must never interpret berth's answers: tests do.
+//! `UnixStream`. Thin helpers wrap the image, pod and container calls the scenarios repeat (sending
+//! the requests as the kubelet does: the sandbox config with every CreateContainer); anything else
+//! goes through the public `image` and `runtime` clients directly. It must never interpret berth's
+//! answers: tests do.
 
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use std::time::{Duration, Instant};
+
 use k8s_cri::v1::{
-    AuthConfig, Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest,
-    ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    AuthConfig, Container, ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, Image, ImageFsInfoRequest,
+    ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ListContainersRequest, ListImagesRequest,
+    ListPodSandboxRequest, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest,
+    RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
+
+use super::pod::PodConfig;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -78,6 +88,141 @@ impl Cri {
     /// ImageFsInfo.
     pub async fn fs_info(&mut self) -> Result<ImageFsInfoResponse, Status> {
         Ok(self.image.image_fs_info(ImageFsInfoRequest {}).await?.into_inner())
+    }
+}
+
+impl Cri {
+    /// RunPodSandbox with the default runtime handler; returns the sandbox id.
+    pub async fn run_pod(&mut self, pod: &PodConfig) -> Result<String, Status> {
+        self.run_pod_with(pod, "").await
+    }
+
+    /// RunPodSandbox with the runtime handler `handler`.
+    pub async fn run_pod_with(&mut self, pod: &PodConfig, handler: &str) -> Result<String, Status> {
+        let request =
+            RunPodSandboxRequest { config: Some(pod.config.clone()), runtime_handler: handler.into() };
+        Ok(self.runtime.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id)
+    }
+
+    /// PodSandboxStatus (not verbose).
+    pub async fn pod_status(&mut self, id: &str) -> Result<PodSandboxStatus, Status> {
+        let request = PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+        let status = self.runtime.pod_sandbox_status(request).await?.into_inner().status;
+        status.ok_or_else(|| Status::internal(format!("PodSandboxStatus of {id}: no status in the answer")))
+    }
+
+    /// ListPodSandbox without a filter.
+    pub async fn pods(&mut self) -> Result<Vec<PodSandbox>, Status> {
+        Ok(self.runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items)
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as the kubelet's GC removes a deleted pod.
+    pub async fn stop_remove_pod(&mut self, id: &str) -> Result<(), Status> {
+        self.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() }).await?;
+        self.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await?;
+        Ok(())
+    }
+
+    /// CreateContainer in sandbox `pod_id`, passing the pod's config along as the kubelet does.
+    pub async fn create(
+        &mut self,
+        pod_id: &str,
+        pod: &PodConfig,
+        config: ContainerConfig,
+    ) -> Result<String, Status> {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        Ok(self.runtime.create_container(request).await?.into_inner().container_id)
+    }
+
+    /// StartContainer.
+    pub async fn start(&mut self, id: &str) -> Result<(), Status> {
+        self.runtime.start_container(StartContainerRequest { container_id: id.into() }).await?;
+        Ok(())
+    }
+
+    /// CreateContainer then StartContainer; returns the container id.
+    pub async fn create_start(
+        &mut self,
+        pod_id: &str,
+        pod: &PodConfig,
+        config: ContainerConfig,
+    ) -> Result<String, Status> {
+        let id = self.create(pod_id, pod, config).await?;
+        self.start(&id).await?;
+        Ok(id)
+    }
+
+    /// StopContainer with a timeout in seconds.
+    pub async fn stop(&mut self, id: &str, timeout: i64) -> Result<(), Status> {
+        self.runtime.stop_container(StopContainerRequest { container_id: id.into(), timeout }).await?;
+        Ok(())
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), Status> {
+        self.runtime.remove_container(RemoveContainerRequest { container_id: id.into() }).await?;
+        Ok(())
+    }
+
+    /// ContainerStatus (not verbose).
+    pub async fn container_status(&mut self, id: &str) -> Result<ContainerStatus, Status> {
+        let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let status = self.runtime.container_status(request).await?.into_inner().status;
+        status.ok_or_else(|| Status::internal(format!("ContainerStatus of {id}: no status in the answer")))
+    }
+
+    /// ListContainers without a filter.
+    pub async fn containers(&mut self) -> Result<Vec<Container>, Status> {
+        Ok(self
+            .runtime
+            .list_containers(ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers)
+    }
+
+    /// ExecSync of `cmd` with a timeout in seconds (0: none).
+    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, Status> {
+        let request = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        Ok(self.runtime.exec_sync(request).await?.into_inner())
+    }
+
+    /// ExecSync of `sh -c <script>` that must exit 0; returns its stdout. Panics otherwise.
+    pub async fn sh(&mut self, id: &str, script: &str) -> String {
+        let r = self
+            .exec(id, &["sh", "-c", script], 30)
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"));
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{script:?} exited {}: stdout {:?} stderr {:?}",
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    }
+
+    /// Polls ContainerStatus until the container is EXITED; panics after `timeout`.
+    pub async fn wait_exited(&mut self, id: &str, timeout: Duration) -> ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.container_status(id).await.unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"));
+            if s.state == ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} still not exited after {timeout:?}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The e2e harness: real registries (Debian's `docker-registry`), test images built here from
-//! busybox-static, a real `berthd` process per test, and a CRI client over its unix socket.
+//! busybox-static, a real `berthd` process per test (optionally with a pod network of its own), a CRI
+//! client over its unix socket, kubelet-shaped pod and container configs, and a leak inventory.
 //! It must never mock berth: if a scenario passes here, a kubelet would work against the same binary.
 //! Harness calls panic with a message that says what failed (they run inside tests), and every
 //! process or directory they create is removed again, even when the test panics.
@@ -9,6 +10,9 @@ pub mod cri;
 pub mod fs;
 pub mod images;
 pub mod layer;
+pub mod leaks;
+pub mod net;
+pub mod pod;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -18,6 +22,7 @@ use std::sync::OnceLock;
 pub use berthd::Berthd;
 pub use cri::Cri;
 pub use images::{Hostile, images};
+pub use leaks::Leaks;
 pub use registry::Registry;
 
 /// Debian packages the suite needs; `.ci/run` installs the same list.

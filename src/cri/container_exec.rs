@@ -11,8 +11,10 @@ use super::store::ContainerState;
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::ExecSyncOptions;
 
-/// Output kept of each of stdout and stderr of an ExecSync (the rest is read and dropped).
-pub const EXEC_SYNC_MAX_OUTPUT: usize = 16 << 20;
+/// Output kept of each of stdout and stderr of an ExecSync (the rest is read and dropped). Both
+/// together, with the message framing, must fit one 16 MiB gRPC message (berth's default send limit
+/// and the kubelet's receive limit), or a chatty probe fails with OutOfRange instead of its output.
+pub const EXEC_SYNC_MAX_OUTPUT: usize = (8 << 20) - 4096;
 
 impl Pods {
     fn running(&self, id: &str) -> Result<super::store::ContainerRecord> {
