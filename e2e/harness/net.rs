@@ -56,8 +56,12 @@ impl PodNet {
                 continue;
             }
             let bridge = format!("be2e{k}");
+            // A fixed MAC: a bridge that takes its ports' MAC is left with 00:00:00:00:00:00 when its
+            // last port goes, and Debian's bridge plugin then fails every ADD ("could not set
+            // bridge's mac") — a plugin quirk any runtime would hit after a failed ADD.
+            let mac = format!("02:be:2e:{:02x}:{:02x}:01", k >> 8, k & 0xff);
             let created = Command::new("ip")
-                .args(["link", "add", "name", &bridge, "type", "bridge"])
+                .args(["link", "add", "name", &bridge, "address", &mac, "type", "bridge"])
                 .output()
                 .unwrap_or_else(|e| panic!("running ip link add: {e}"));
             if !created.status.success() {

@@ -269,10 +269,16 @@ impl Config {
         let shim_socket = self.state.as_os_str().len() + "/pods/".len() + 64 + "/shim.sock".len();
         if shim_socket > MAX_SOCKET_PATH {
             let most = MAX_SOCKET_PATH + self.state.as_os_str().len() - shim_socket;
-            return bad("state", format!("is too long for the pod shim sockets under it (at most {most} bytes)"));
+            return bad(
+                "state",
+                format!("is too long for the pod shim sockets under it (at most {most} bytes)"),
+            );
         }
         if self.grpc.address.as_os_str().len() > MAX_SOCKET_PATH {
-            return bad("grpc.address", format!("is longer than {MAX_SOCKET_PATH} bytes, the unix socket limit"));
+            return bad(
+                "grpc.address",
+                format!("is longer than {MAX_SOCKET_PATH} bytes, the unix socket limit"),
+            );
         }
         if self.root == self.state {
             return bad("state", "must differ from `root`".into());

@@ -60,12 +60,14 @@ impl Pods {
         .await;
         match started {
             Ok(pid) => {
+                let now = now_nanos();
                 self.store.update_container(&id, |r| {
                     if r.state == ContainerState::Created {
                         r.state = ContainerState::Running;
                     }
                     r.pid = pid;
-                    r.started_at = now_nanos();
+                    // An instant exit may already be recorded: it cannot have finished before it started.
+                    r.started_at = if r.finished_at > 0 { now.min(r.finished_at) } else { now };
                 })?;
                 self.emit(self.event(
                     &id,

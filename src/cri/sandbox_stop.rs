@@ -28,7 +28,7 @@ impl Pods {
             self.stop_container_locked(&c.id, 0).await?;
         }
         self.stop_pause(id).await?;
-        self.release_network(id).await?;
+        self.release_network(id, false).await?;
         if let Some(rec) = self.store.sandbox(id)
             && rec.state != SandboxState::Creating
         {
@@ -68,23 +68,31 @@ impl Pods {
         Ok(())
     }
 
-    /// CNI DEL while the network is attached, then the pod's shm and network namespace.
-    async fn release_network(&self, id: &str) -> Result<()> {
+    /// CNI DEL while the network is attached, then the pod's shm and network namespace. A failed DEL
+    /// keeps the namespace for the next Stop or Remove to retry, unless `force` (the sandbox record
+    /// is about to go, as containerd does on a failed RunPodSandbox): then the DEL error is returned
+    /// after the namespace is removed anyway.
+    async fn release_network(&self, id: &str, force: bool) -> Result<()> {
         let Some(rec) = self.store.sandbox(id) else { return Ok(()) };
+        let mut teardown = Ok(());
         if rec.network_attached {
             let pod = pod_network(id, &rec.config, rec.netns.clone().filter(|p| p.exists()))?;
             let started = std::time::Instant::now();
-            self.network.teardown(&pod).await?;
+            teardown = self.network.teardown(&pod).await;
             self.metrics
                 .cni_duration
                 .with_label_values(&["teardown"])
                 .observe(started.elapsed().as_secs_f64());
-            self.store.update_sandbox(id, |r| r.network_attached = false)?;
+            if teardown.is_ok() {
+                self.store.update_sandbox(id, |r| r.network_attached = false)?;
+            } else if !force {
+                return teardown;
+            }
         }
         super::files::unmount(&self.paths.sandbox_dir(id).join("shm"))?;
         let netns = self.paths.netns(id);
         blocking(move || crate::network::netns::remove(&netns)).await?;
-        Ok(())
+        teardown
     }
 
     pub async fn remove_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
@@ -138,7 +146,7 @@ impl Pods {
             cleanup("removing container", &c.id, self.remove_container_locked(&c.id)).await;
         }
         cleanup("stopping pause", id, self.stop_pause(id)).await;
-        cleanup("releasing the network", id, self.release_network(id)).await;
+        cleanup("releasing the network", id, self.release_network(id, true)).await;
         cleanup("removing sandbox", id, self.remove_sandbox_resources(id)).await;
     }
 }
