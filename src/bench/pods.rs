@@ -185,8 +185,10 @@ impl PodsReport {
             self.runtime.name, self.runtime.version, self.runtime.endpoint, self.image, self.count
         );
         let mut rows = Vec::new();
-        for (mode, p) in [("sequential", &self.sequential), ("parallel", &self.parallel)] {
-            let mode = format!("{mode} x{}", p.concurrency);
+        let modes = [("sequential", &self.sequential), ("parallel", &self.parallel)];
+        let width = modes.iter().map(|(m, p)| format!("{m} x{}", p.concurrency).len()).max().unwrap_or(0);
+        for (mode, p) in modes {
+            let mode = format!("{:<width$}", format!("{mode} x{}", p.concurrency));
             let f = |v: f64| format!("{v:.1}");
             rows.push(summary_row(&format!("{mode}  pod start"), p.start_ms.as_ref(), f));
             rows.push(summary_row(&format!("{mode}    RunPodSandbox"), p.run_sandbox_ms.as_ref(), f));

@@ -195,15 +195,15 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    const STATUS: &str = "Name:\tcontainerd\nUmask:\t0022\nState:\tS (sleeping)\nPid:\t4242\nPPid:\t1\n\
+    pub(crate) const STATUS: &str = "Name:\tcontainerd\nUmask:\t0022\nState:\tS (sleeping)\nPid:\t4242\nPPid:\t1\n\
         VmPeak:\t 1530132 kB\nVmSize:\t 1464596 kB\nVmLck:\t       0 kB\nVmHWM:\t   61328 kB\n\
         VmRSS:\t   48312 kB\nRssAnon:\t   20560 kB\nRssFile:\t   27752 kB\nThreads:\t14\n";
 
-    const ROLLUP: &str = "55d0f6a4c000-7ffc3b1f8000 ---p 00000000 00:00 0                          [rollup]\n\
+    pub(crate) const ROLLUP: &str = "55d0f6a4c000-7ffc3b1f8000 ---p 00000000 00:00 0                          [rollup]\n\
         Rss:               48312 kB\nPss:               31544 kB\nPss_Dirty:         20012 kB\n\
         Pss_Anon:          20480 kB\nPss_File:          11064 kB\nPss_Shmem:             0 kB\n\
         Shared_Clean:      17220 kB\nPrivate_Dirty:     20560 kB\n";
@@ -254,6 +254,22 @@ mod tests {
         assert!(parse_stat("12 (x) S 1 2").is_none());
     }
 
+    /// One process of a fixture procfs under `root`: comm, NUL-separated cmdline, stat with
+    /// `ppid` and start time `start`, a status, and descriptors as symlinks to `fds` targets.
+    pub(crate) fn process(root: &Path, pid: u32, cmdline: &str, ppid: u32, start: u64, fds: &[(u32, &str)]) {
+        let p = root.join(pid.to_string());
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        let argv0 = cmdline.split('\0').next().unwrap();
+        let comm: String = Path::new(argv0).file_name().unwrap().to_string_lossy().chars().take(15).collect();
+        std::fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(p.join("cmdline"), format!("{cmdline}\0")).unwrap();
+        std::fs::write(p.join("stat"), stat_line(pid, &comm, ppid, 1, 1, start)).unwrap();
+        std::fs::write(p.join("status"), STATUS).unwrap();
+        for (fd, target) in fds {
+            symlink(target, p.join("fd").join(fd.to_string())).unwrap();
+        }
+    }
+
     /// A fixture procfs: berthd (pid 100) listens on berth.sock and a child it forked (pid 150)
     /// inherited the descriptor; pid 200 holds only a connection to it; two shims, one started by path.
     fn fixture() -> tempfile::TempDir {
@@ -262,31 +278,18 @@ mod tests {
         std::fs::create_dir_all(root.join("net")).unwrap();
         std::fs::write(root.join("net/unix"), NET_UNIX).unwrap();
         std::fs::create_dir_all(root.join("self")).unwrap();
-        let procs: [(u32, &str, &[u8], u32, u64, &[(u32, String)]); 5] = [
-            (
-                100,
-                "berthd",
-                b"/usr/bin/berthd\0--config\0/etc/berth.toml\0",
-                1,
-                5000,
-                &[(3, "socket:[31337]".into()), (4, "/dev/null".into())],
-            ),
-            (150, "berthd", b"/usr/bin/berthd\0", 100, 6000, &[(7, "socket:[31337]".into())]),
-            (200, "crictl", b"crictl\0ps\0", 1, 7000, &[(3, "socket:[31400]".into())]),
-            (300, "berth-shim", b"/usr/bin/berth-shim\0serve\0--id\0abc\0", 1, 8000, &[]),
-            (310, "containerd-shim", b"/usr/bin/containerd-shim-runc-v2\0-id\0def\0", 1, 9000, &[]),
-        ];
-        for (pid, comm, cmdline, ppid, start, fds) in procs {
-            let p = root.join(pid.to_string());
-            std::fs::create_dir_all(p.join("fd")).unwrap();
-            std::fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
-            std::fs::write(p.join("cmdline"), cmdline).unwrap();
-            std::fs::write(p.join("stat"), stat_line(pid, comm, ppid, 1, 1, start)).unwrap();
-            std::fs::write(p.join("status"), STATUS).unwrap();
-            for (fd, target) in fds {
-                symlink(target, p.join("fd").join(fd.to_string())).unwrap();
-            }
-        }
+        process(
+            root,
+            100,
+            "/usr/bin/berthd\0--config\0/etc/berth.toml",
+            1,
+            5000,
+            &[(3, "socket:[31337]"), (4, "/dev/null")],
+        );
+        process(root, 150, "/usr/bin/berthd", 100, 6000, &[(7, "socket:[31337]")]);
+        process(root, 200, "crictl\0ps", 1, 7000, &[(3, "socket:[31400]")]);
+        process(root, 300, "/usr/bin/berth-shim\0serve\0--id\0abc", 1, 8000, &[]);
+        process(root, 310, "/usr/bin/containerd-shim-runc-v2\0-id\0def", 1, 9000, &[]);
         std::fs::write(root.join("100/smaps_rollup"), ROLLUP).unwrap();
         dir
     }

@@ -153,3 +153,29 @@ impl PullReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `settle` on a child running `script`, then kills it.
+    async fn settle_on(script: &str, max: Duration) -> Duration {
+        let mut child = std::process::Command::new("sh").arg("-c").arg(script).spawn().unwrap();
+        let waited = settle(&Procfs::host(), child.id(), max).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        waited.unwrap()
+    }
+
+    #[tokio::test]
+    async fn settle_returns_once_the_process_is_idle() {
+        let max = Duration::from_secs(60);
+        assert!(settle_on("exec sleep 120", max).await < max);
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_a_busy_process_until_the_limit() {
+        let max = Duration::from_secs(2);
+        assert!(settle_on("while :; do :; done", max).await >= max);
+    }
+}

@@ -201,3 +201,56 @@ impl RssReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::procfs::tests::{ROLLUP, process};
+
+    /// berthd is pid 100. Shims: 300 of this run's pod sb1, 301 of another pod started before the
+    /// run, 302 started during the run by something else than init or the daemon, 303 of another
+    /// pod started during the run by the daemon, 400 a berthd that merely mentions sb1.
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        process(root, 100, "/usr/bin/berthd", 1, 1000, &[]);
+        process(root, 300, "/usr/bin/berth-shim\0serve\0--id\0sb1\0--dir\0/run/b/sb1", 1, 8000, &[]);
+        process(root, 301, "/usr/bin/berth-shim\0serve\0--id\0old", 1, 3000, &[]);
+        process(root, 302, "/usr/bin/berth-shim\0serve\0--id\0x", 555, 9000, &[]);
+        process(root, 303, "/usr/bin/berth-shim\0serve\0--id\0y", 100, 9000, &[]);
+        process(root, 400, "/usr/bin/berthd\0sb1", 1, 9000, &[]);
+        std::fs::write(root.join("300/smaps_rollup"), ROLLUP).unwrap();
+        dir
+    }
+
+    #[test]
+    fn shims_of_the_run_by_sandbox_id() {
+        let dir = fixture();
+        let proc = Procfs::new(dir.path());
+        let (pids, how) = find_shims(&proc, "berth-shim", &["sb1".into()], 100, 5000).unwrap();
+        assert_eq!((pids, how), (vec![300], "sandbox id in argv"));
+    }
+
+    #[test]
+    fn shims_without_ids_are_those_started_during_the_run_by_init_or_the_daemon() {
+        let dir = fixture();
+        let proc = Procfs::new(dir.path());
+        let (pids, how) = find_shims(&proc, "berth-shim", &["none".into()], 100, 5000).unwrap();
+        assert_eq!(pids, vec![300, 303]);
+        assert!(how.starts_with("child of init"), "{how}");
+    }
+
+    #[test]
+    fn shim_memory_sums_and_averages() {
+        let dir = fixture();
+        let proc = Procfs::new(dir.path());
+        let m = shim_memory(&proc, "berth-shim", &["sb1".into(), "y".into()], 100, 5000).unwrap();
+        assert_eq!(m.pids, vec![300, 303]);
+        assert_eq!(m.rss_total_kib, 2 * 48312);
+        assert_eq!(m.rss_kib.unwrap().mean, 48312.0);
+        // Only 300 has a readable smaps_rollup.
+        assert_eq!((m.pss_total_kib, m.pss_kib.unwrap().n), (31544, 1));
+        let e = shim_memory(&proc, "no-such-shim", &["sb1".into()], 100, 5000).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+    }
+}
