@@ -199,22 +199,26 @@ impl Bench {
         Ok(status.image.is_some())
     }
 
-    /// PullImage of `image`; remembers it for removal at cleanup if the runtime lacked it.
+    /// Has [`Bench::cleanup`] remove `image` (one the runtime did not have before this run).
+    pub fn remove_at_cleanup(&self, image: &str) {
+        self.pulled.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string());
+    }
+
+    /// PullImage of `image`, nothing else (callers time it).
     pub async fn pull_image(&self, image: &str) -> Result<()> {
-        if !self.image_present(image).await? {
-            self.pulled.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string());
-        }
+        self.check()?;
         let request =
             api::PullImageRequest { image: Some(image_spec(image)), auth: None, sandbox_config: None };
         self.image.clone().pull_image(request).await.context(|| format!("PullImage of {image}"))?;
         Ok(())
     }
 
-    /// Pulls `image` unless the runtime has it.
+    /// Pulls `image` unless the runtime has it, and then removes it at cleanup.
     pub async fn ensure_image(&self, image: &str) -> Result<()> {
         if self.image_present(image).await? {
             return Ok(());
         }
+        self.remove_at_cleanup(image);
         self.pull_image(image).await
     }
 

@@ -68,6 +68,10 @@ pub struct PullReport {
 pub async fn run(bench: &Bench, opts: &PullOptions) -> Result<PullReport> {
     let proc = Procfs::host();
     let daemon = bench.daemon_pid(opts.daemon_pid)?;
+    // Leave the runtime as found: an image it lacked goes again at cleanup.
+    if !bench.image_present(&opts.image).await? {
+        bench.remove_at_cleanup(&opts.image);
+    }
     let mut runs = Vec::new();
     for _ in 0..opts.runs {
         if bench.image_present(&opts.image).await? {
