@@ -3,6 +3,7 @@
 //! `src/bin` only parse arguments and call into this library.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod cri;
 pub mod engine;
