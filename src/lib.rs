@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod network;
 pub mod server;
 pub mod shim;
+pub mod stats;
 pub mod streaming;
 pub mod task;
 
