@@ -8,7 +8,9 @@
 //! come from the kubelet's pod cgroup (the parent of the pause container's) when it exists, else
 //! from the sum of their containers; their network from the pause process's namespace (none for
 //! hostNetwork pods). Metrics carry cAdvisor's names and labels (pod, namespace, container, id =
-//! cgroup path, image) so dashboards built on cAdvisor keep working.
+//! cgroup path, image) so dashboards built on cAdvisor keep working; the pod itself appears with an
+//! empty `container`, as cAdvisor shows pod cgroups. CRI metric values are integers, so the
+//! `*_seconds_total` counters are whole seconds.
 
 use std::sync::Arc;
 
@@ -420,11 +422,15 @@ impl Pods {
     }
 
     fn pod_metrics_of(&self, s: &SandboxRecord) -> Option<api::PodSandboxMetrics> {
-        let (pod_cgroup, _, ifaces) = self.sandbox_sample(s)?;
+        let (pod_cgroup, stats, ifaces) = self.sandbox_sample(s)?;
         let meta = s.config.metadata.clone().unwrap_or_default();
         let at = now_nanos();
+        // The pod as a whole, as cAdvisor reports the pod cgroup: `container` empty.
         let mut pod =
             MetricSink { labels: [&meta.name, &meta.namespace, "", &pod_cgroup, ""], at, out: vec![] };
+        if let Some(st) = &stats {
+            pod.cgroup(st);
+        }
         pod.network(&ifaces);
         let device = self.engine.options.root.display().to_string();
         let container_metrics = self
