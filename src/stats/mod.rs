@@ -193,10 +193,39 @@ mod tests {
     }
 
     #[test]
-    fn detects_this_machine() {
-        // Whatever the host runs, detection must not fail where /sys/fs/cgroup is mounted.
-        if std::path::Path::new("/sys/fs/cgroup").exists() {
-            assert!(Sampler::default().layout().is_some());
+    fn detects_this_machine_and_reads_our_own_cgroup() {
+        // Read-only check of the readers against the real kernel: this test's own cgroup.
+        let Some(layout) = Sampler::default().layout().cloned() else {
+            assert!(!std::path::Path::new("/sys/fs/cgroup/memory").exists(), "layout not detected");
+            return;
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path_of = |ctrl: &str| {
+            own.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                let hit =
+                    if ctrl.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == ctrl) };
+                hit.then(|| path.to_string())
+            })
+        };
+        match &layout {
+            Layout::V1(_) => {
+                let path = path_of("memory").unwrap();
+                let s = layout.read(&path).expect("our memory cgroup exists");
+                assert!(s.memory.unwrap().usage > 0, "we use memory");
+                // A hybrid host also has the unified hierarchy: the v2 reader works there too.
+                let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+                if unified.join("cgroup.controllers").exists() {
+                    let s = Layout::V2(unified.into()).read(&path_of("").unwrap()).unwrap();
+                    assert!(s.cpu.unwrap().usage_ns > 0, "v2 cpu.stat on the hybrid host");
+                }
+            }
+            Layout::V2(_) => {
+                let path = path_of("").unwrap();
+                let s = layout.read(&path).expect("our cgroup exists");
+                assert!(s.cpu.unwrap().usage_ns > 0, "we use CPU");
+            }
         }
     }
 }
