@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod network;
 pub mod server;
 pub mod shim;
+pub mod stats;
 pub mod streaming;
 pub mod task;
 

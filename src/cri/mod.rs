@@ -27,6 +27,7 @@ pub mod sandbox_run;
 pub mod sandbox_status;
 pub mod sandbox_stop;
 pub mod spec;
+pub mod stats;
 pub mod status;
 pub mod store;
 

@@ -99,6 +99,8 @@ pub struct Pods {
     pub paths: Paths,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// Samples kept between stats calls (CPU rates, writable-layer sizes).
+    pub stats: crate::stats::Sampler,
     shims: Mutex<HashMap<String, Arc<dyn ShimApi>>>,
     events: tokio::sync::broadcast::Sender<api::ContainerEventResponse>,
 }
@@ -152,6 +154,7 @@ impl Pods {
             paths,
             store,
             metrics: deps.metrics,
+            stats: crate::stats::Sampler::default(),
             shims: Mutex::new(HashMap::new()),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }))

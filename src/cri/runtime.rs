@@ -298,27 +298,31 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
     }
     async fn container_stats(
         &self,
-        _r: Request<api::ContainerStatsRequest>,
+        r: Request<api::ContainerStatsRequest>,
     ) -> Result<Response<api::ContainerStatsResponse>, Status> {
-        unimplemented("ContainerStats")
+        let id = r.into_inner().container_id;
+        rpc(&self.metrics, "ContainerStats", &id.clone(), self.pods.container_stats(id)).await
     }
     async fn list_container_stats(
         &self,
-        _r: Request<api::ListContainerStatsRequest>,
+        r: Request<api::ListContainerStatsRequest>,
     ) -> Result<Response<api::ListContainerStatsResponse>, Status> {
-        unimplemented("ListContainerStats")
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "ListContainerStats", "", self.pods.list_container_stats(filter)).await
     }
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<api::PodSandboxStatsRequest>,
+        r: Request<api::PodSandboxStatsRequest>,
     ) -> Result<Response<api::PodSandboxStatsResponse>, Status> {
-        unimplemented("PodSandboxStats")
+        let id = r.into_inner().pod_sandbox_id;
+        rpc(&self.metrics, "PodSandboxStats", &id.clone(), self.pods.pod_sandbox_stats(id)).await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<api::ListPodSandboxStatsRequest>,
+        r: Request<api::ListPodSandboxStatsRequest>,
     ) -> Result<Response<api::ListPodSandboxStatsResponse>, Status> {
-        unimplemented("ListPodSandboxStats")
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "ListPodSandboxStats", "", self.pods.list_pod_sandbox_stats(filter)).await
     }
     async fn update_runtime_config(
         &self,
@@ -357,12 +361,13 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _r: Request<api::ListMetricDescriptorsRequest>,
     ) -> Result<Response<api::ListMetricDescriptorsResponse>, Status> {
-        unimplemented("ListMetricDescriptors")
+        rpc(&self.metrics, "ListMetricDescriptors", "", async { Ok(super::stats::metric_descriptors()) })
+            .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<api::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<api::ListPodSandboxMetricsResponse>, Status> {
-        unimplemented("ListPodSandboxMetrics")
+        rpc(&self.metrics, "ListPodSandboxMetrics", "", self.pods.list_pod_sandbox_metrics()).await
     }
 }
