@@ -102,6 +102,12 @@ pub struct Cri {
     pub unpack_max_expansion: u64,
     pub max_container_log_line_size: usize,
     pub cgroup_driver: CgroupDriver,
+    pub stream_server_address: String,
+    pub stream_server_port: u16,
+    #[serde(with = "duration")]
+    pub stream_token_ttl: Duration,
+    pub stream_tls_cert: PathBuf,
+    pub stream_tls_key: PathBuf,
     pub registry: Registry,
 }
 
@@ -180,6 +186,11 @@ impl Default for Cri {
             unpack_max_expansion: 100,
             max_container_log_line_size: 16 * 1024,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: 0,
+            stream_token_ttl: Duration::from_secs(60),
+            stream_tls_cert: PathBuf::new(),
+            stream_tls_key: PathBuf::new(),
             registry: Registry::default(),
         }
     }
@@ -309,6 +320,18 @@ impl Config {
         }
         if self.cri.max_container_log_line_size == 0 {
             return bad("cri.max_container_log_line_size", "must be at least 1".into());
+        }
+        if self.cri.stream_server_address.parse::<std::net::IpAddr>().is_err() {
+            return bad(
+                "cri.stream_server_address",
+                format!("{:?} is not an IP address", self.cri.stream_server_address),
+            );
+        }
+        if self.cri.stream_token_ttl.is_zero() {
+            return bad("cri.stream_token_ttl", "must be greater than zero".into());
+        }
+        if self.cri.stream_tls_cert.as_os_str().is_empty() != self.cri.stream_tls_key.as_os_str().is_empty() {
+            return bad("cri.stream_tls_cert", "and stream_tls_key must be set together".into());
         }
         if self.cni.bin_dirs.is_empty() {
             return bad("cni.bin_dirs", "must name at least one directory".into());
