@@ -185,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_on_the_resize_channel_stops_it() {
         let source = Chunks(VecDeque::from(vec![
-            &b"{\"Width\":1,\"Height\":2} [1,2]"[..],
+            &b"{\"Width\":1,\"Height\":2} \"tall\""[..],
             &b"{\"Width\":3,\"Height\":4}"[..],
         ]));
         let (tx, mut rx) = mpsc::channel(8);

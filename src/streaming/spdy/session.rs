@@ -11,7 +11,10 @@
 //! WINDOW_UPDATE or a SETTINGS with an initial window): the Go implementation every kubelet and
 //! crictl uses (moby/spdystream) never sends WINDOW_UPDATE and ignores ours, so holding it to a
 //! window would stall every session after 64 KiB. For such a peer, the backpressure is TCP's: the
-//! frame reader stops reading while a stream has a full window of unread data.
+//! frame reader stops reading while a stream has a full window of unread data. For the same
+//! reason a peer overrunning our windows is not reset: a peer that (like us) starts keeping
+//! windows only once it sees ours may have sent more than a window before, and not reading is
+//! what bounds memory anyway.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -779,11 +782,7 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
     let len = data.len() as i64;
     {
         let mut st = shared.lock();
-        let enforce = st.peer_flow_control;
         st.recv_session_window -= len;
-        if enforce && st.recv_session_window < 0 {
-            return Err(Error::invalid("spdy peer overran the session window"));
-        }
         let known = if id % 2 == shared.peer_parity() {
             id <= st.last_peer_stream
         } else {
@@ -802,14 +801,6 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
                 s.reset = Some(rst::STREAM_ALREADY_CLOSED);
                 s.notify.notify_one();
                 shared.send(Frame::RstStream { stream_id: id, status: rst::STREAM_ALREADY_CLOSED });
-                false
-            }
-            Some(s) if enforce && s.recv_window < len => {
-                s.reset = Some(rst::FLOW_CONTROL_ERROR);
-                s.recv.clear();
-                s.recv_buffered = 0;
-                s.notify.notify_one();
-                shared.send(Frame::RstStream { stream_id: id, status: rst::FLOW_CONTROL_ERROR });
                 false
             }
             Some(s) => {
@@ -1054,34 +1045,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_window_keeping_peer_that_overruns_is_reset() {
+    async fn a_peer_overrunning_our_window_still_gets_its_data_through() {
         let (session, mut peer) = server_with_raw_peer();
         peer.send(Frame::WindowUpdate { stream_id: 0, delta: 1 }).await;
         peer.send(syn(1, "stdin")).await;
-        peer.send(syn(3, "stdin")).await;
         let s1 = accepted(&session).await;
-        let s3 = accepted(&session).await;
-        // 20 KiB on each stream, read: the session window is given back, the streams' not yet.
-        for id in [1, 3] {
-            peer.send(Frame::Data { stream_id: id, flags: 0, data: Bytes::from(vec![0u8; 20 * 1024]) }).await;
+        // 128 KiB on a 64 KiB window: buffered up to a window, the rest waits in the socket.
+        for _ in 0..8 {
+            peer.send(Frame::Data { stream_id: 1, flags: 0, data: Bytes::from(vec![5u8; 16 * 1024]) }).await;
         }
-        s1.read().await.unwrap().unwrap();
-        s3.read().await.unwrap().unwrap();
-        // Stream 1 has 44 KiB of window left; 48 KiB overruns it but not the session.
-        peer.send(Frame::Data { stream_id: 1, flags: 0, data: Bytes::from(vec![0u8; 48 * 1024]) }).await;
-        let frames = peer.drain(Duration::from_millis(300)).await;
+        peer.send(Frame::Data { stream_id: 1, flags: FLAG_FIN, data: Bytes::new() }).await;
+        let mut got = 0;
+        while let Some(b) = s1.read().await.unwrap() {
+            got += b.len();
+        }
+        assert_eq!(got, 128 * 1024);
+        let frames = peer.drain(Duration::from_millis(200)).await;
         assert!(
-            frames.contains(&Frame::RstStream { stream_id: 1, status: rst::FLOW_CONTROL_ERROR }),
-            "{frames:?}"
-        );
-        assert!(!frames.iter().any(|f| matches!(f, Frame::GoAway { .. })), "{frames:?}");
-        assert!(s1.read().await.is_err());
-        // Overrunning the session window ends the session.
-        peer.send(Frame::Data { stream_id: 3, flags: 0, data: Bytes::from(vec![0u8; 40 * 1024]) }).await;
-        peer.send(Frame::Data { stream_id: 3, flags: 0, data: Bytes::from(vec![0u8; 40 * 1024]) }).await;
-        let frames = peer.drain(Duration::from_millis(300)).await;
-        assert!(
-            frames.contains(&Frame::GoAway { last_good_stream_id: 3, status: goaway::PROTOCOL_ERROR }),
+            !frames.iter().any(|f| matches!(f, Frame::RstStream { .. } | Frame::GoAway { .. })),
             "{frames:?}"
         );
     }
