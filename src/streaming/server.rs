@@ -235,6 +235,15 @@ impl StreamServer {
     }
 }
 
+impl Drop for StreamServer {
+    /// A server dropped without its `serve` finishing still ends every connection and session.
+    fn drop(&mut self) {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.stopped = true;
+        tasks.set.abort_all();
+    }
+}
+
 fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
     let chain = CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
@@ -1064,6 +1073,44 @@ mod tests {
             }
         }
         assert!(String::from_utf8_lossy(&errors).contains("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn spdy_tunnelled_in_websocket_forwards_ports() {
+        let h = start(DEFAULT_TOKEN_TTL).await;
+        let url = h
+            .server
+            .get_port_forward(PortForwardRequest { pod_sandbox_id: "pod".into(), ports: vec![] })
+            .unwrap();
+        let (ws, protocol) = ws_connect(&url, "SPDY/3.1+portforward.k8s.io").await;
+        assert_eq!(protocol, "SPDY/3.1+portforward.k8s.io");
+        // The client's side of the tunnel: SPDY over the WebSocket's binary messages.
+        let (io, pump) = websocket::byte_stream(ws);
+        tokio::spawn(pump);
+        let session = Session::new(io, Role::Client, SessionConfig::default());
+        let (data, error) = forward_pair(&session, 80, 0).await;
+        data.write(b"tunnelled").await.unwrap();
+        data.close();
+        assert_eq!(read_all(&data).await, b"TUNNELLED");
+        assert_eq!(read_all(&error).await, b"");
+        let (_data, error) = forward_pair(&session, 81, 1).await;
+        assert!(String::from_utf8(read_all(&error).await).unwrap().contains("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_ends_its_sessions() {
+        let mut h = start(DEFAULT_TOKEN_TTL).await;
+        let url = h.server.get_exec(exec(&["hang"], false, false, false)).unwrap();
+        let session = spdy_connect(&url, CLIENT_PROTOCOLS).await.1.unwrap();
+        let _error = open(&session, "error").await;
+        let _stdout = open(&session, "stdout").await;
+        assert_eq!(tokio::time::timeout(WAIT, h.hang_events.recv()).await.unwrap(), Some("started"));
+        // Not shut down: the serving task is cancelled and the last handle dropped.
+        h.serving.abort();
+        let _ = (&mut h.serving).await;
+        drop(h.server);
+        assert_eq!(tokio::time::timeout(WAIT, h.hang_events.recv()).await.unwrap(), Some("dropped"));
+        tokio::time::timeout(WAIT, session.done()).await.unwrap();
     }
 
     /// A recorded client's bytes with the request path pointed at `path`.

@@ -78,7 +78,6 @@ struct StreamState {
     recv: VecDeque<Bytes>,
     recv_buffered: usize,
     recv_fin: bool,
-    recv_window: i64,
     recv_unacked: u32,
     send_window: i64,
     sent_fin: bool,
@@ -94,7 +93,6 @@ impl StreamState {
             recv: VecDeque::new(),
             recv_buffered: 0,
             recv_fin: false,
-            recv_window: i64::from(DEFAULT_WINDOW),
             recv_unacked: 0,
             send_window,
             sent_fin: false,
@@ -109,7 +107,6 @@ struct State {
     peer_flow_control: bool,
     peer_initial_window: i64,
     send_session_window: i64,
-    recv_session_window: i64,
     recv_session_unacked: u32,
     last_peer_stream: u32,
     next_local_stream: u32,
@@ -196,7 +193,6 @@ impl Session {
                 peer_flow_control: false,
                 peer_initial_window: i64::from(DEFAULT_WINDOW),
                 send_session_window: i64::from(DEFAULT_WINDOW),
-                recv_session_window: i64::from(DEFAULT_WINDOW),
                 recv_session_unacked: 0,
                 last_peer_stream: 0,
                 next_local_stream: if role == Role::Client { 1 } else { 2 },
@@ -370,7 +366,6 @@ impl Stream {
                     // Acknowledge in batches of half a window, as the peer can send more.
                     if s.recv_unacked >= DEFAULT_WINDOW / 2 && !s.recv_fin && s.reset.is_none() && !closed {
                         let delta = std::mem::take(&mut s.recv_unacked);
-                        s.recv_window += i64::from(delta);
                         self.shared.send(Frame::WindowUpdate { stream_id: self.id, delta });
                     }
                     st.recv_session_unacked += n;
@@ -743,7 +738,6 @@ async fn handle_frame(
 fn credit_session(shared: &Shared, st: &mut State) {
     if st.recv_session_unacked >= DEFAULT_WINDOW / 2 && !st.closed {
         let delta = std::mem::take(&mut st.recv_session_unacked);
-        st.recv_session_window += i64::from(delta);
         shared.send(Frame::WindowUpdate { stream_id: 0, delta });
     }
 }
@@ -782,7 +776,6 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
     let len = data.len() as i64;
     {
         let mut st = shared.lock();
-        st.recv_session_window -= len;
         let known = if id % 2 == shared.peer_parity() {
             id <= st.last_peer_stream
         } else {
@@ -804,7 +797,6 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
                 false
             }
             Some(s) => {
-                s.recv_window -= len;
                 if !data.is_empty() {
                     s.recv_buffered += data.len();
                     s.recv.push_back(data);
