@@ -1076,6 +1076,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spdy_exec_without_negotiation_speaks_the_first_version() {
+        let h = start(DEFAULT_TOKEN_TTL).await;
+        let url = h.server.get_exec(exec(&["out-err", "2"], false, false, true)).unwrap();
+        let (head, session) = spdy_connect(&url, &[]).await;
+        assert!(!head.contains("x-stream-protocol-version"), "{head}");
+        let session = session.unwrap();
+        let error = open(&session, "error").await;
+        let stdout = open(&session, "stdout").await;
+        let stderr = open(&session, "stderr").await;
+        assert_eq!(read_all(&stdout).await, b"out\n");
+        assert_eq!(read_all(&stderr).await, b"err\n");
+        let msg = String::from_utf8(read_all(&error).await).unwrap();
+        assert!(
+            msg.starts_with("command terminated with non-zero exit code") && msg.ends_with("exit code 2"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn websocket_base64_exec_and_client_going_away() {
+        let mut h = start(DEFAULT_TOKEN_TTL).await;
+        let url = h.server.get_exec(exec(&["out-err", "0"], false, false, true)).unwrap();
+        let (mut ws, protocol) = ws_connect(&url, "v4.base64.channel.k8s.io").await;
+        assert_eq!(protocol, "v4.base64.channel.k8s.io");
+        let mut texts = Vec::new();
+        while let Some(msg) = tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            if let Message::Text(t) = msg.unwrap() {
+                texts.push(t.to_string());
+            }
+        }
+        texts.sort();
+        // The first message is the empty one saying the session is up.
+        assert_eq!(
+            texts,
+            vec!["1", "1b3V0Cg==", "2ZXJyCg==", "3eyJtZXRhZGF0YSI6e30sInN0YXR1cyI6IlN1Y2Nlc3MifQ=="]
+        );
+
+        // A WebSocket client going away ends the backend's call too.
+        let url = h.server.get_exec(exec(&["hang"], false, true, false)).unwrap();
+        let (ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+        assert_eq!(tokio::time::timeout(WAIT, h.hang_events.recv()).await.unwrap(), Some("started"));
+        drop(ws);
+        assert_eq!(tokio::time::timeout(WAIT, h.hang_events.recv()).await.unwrap(), Some("dropped"));
+    }
+
+    #[tokio::test]
     async fn spdy_tunnelled_in_websocket_forwards_ports() {
         let h = start(DEFAULT_TOKEN_TTL).await;
         let url = h
