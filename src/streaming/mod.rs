@@ -12,6 +12,18 @@ use tokio::sync::mpsc;
 
 use crate::error::Result;
 
+mod cache;
+mod portforward;
+mod relay;
+mod remotecommand;
+pub mod server;
+pub mod spdy;
+mod websocket;
+
+pub use server::{
+    AttachRequest, DEFAULT_TOKEN_TTL, ExecRequest, PortForwardRequest, StreamServer, TlsConfig,
+};
+
 /// A terminal size, as sent on the resize stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermSize {
