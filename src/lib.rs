@@ -9,8 +9,8 @@ pub mod engine;
 pub mod error;
 pub mod network;
 pub mod server;
-pub mod streaming;
 pub mod shim;
+pub mod streaming;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};
