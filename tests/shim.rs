@@ -653,6 +653,14 @@ async fn exec_stream_client_going_away_kills_the_process() {
     assert_eq!(cgroup_procs(&pod, "box"), 2, "dropping only the sender keeps the session");
     drop(receiver);
     wait_until("the exec to be killed", || cgroup_procs(&pod, "box") == 1).await;
+
+    // Same while the process does not read the stdin the client keeps sending.
+    let mut s = pod.client.exec_stream(&exec_stream("box", &["sleep", "1000"], false, true)).await.unwrap();
+    wait_until("the exec to start", || cgroup_procs(&pod, "box") == 2).await;
+    let flood = tokio::time::timeout(Duration::from_millis(500), s.sender.stdin(&vec![b'x'; 8 << 20])).await;
+    assert!(flood.is_err(), "8 MiB of stdin went somewhere although nothing reads it");
+    drop(s);
+    wait_until("the exec to be killed", || cgroup_procs(&pod, "box") == 1).await;
     assert_eq!(pod.client.state("box").await.unwrap().status, ContainerStatus::Running);
     pod.client.delete("box").await.unwrap();
 }

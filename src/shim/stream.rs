@@ -12,7 +12,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::unix::ReadHalf;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -24,14 +25,15 @@ use super::proto::{self, stream_frame::Frame};
 use super::reaper::Exit;
 use super::stdio::{Chunk, StdinWriter};
 
+/// How often a stalled stdin write looks whether the client is still there.
+const HANGUP_POLL: Duration = Duration::from_millis(250);
+
 /// Applies the client's frames until it closes the connection (or its sending side), which is
 /// when this returns. Stdin goes to `stdin` (dropped without one), resizes to the pty `console`
-/// (ignored without one).
-pub async fn pump_input<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    stdin: Option<&StdinWriter>,
-    console: Option<&OwnedFd>,
-) {
+/// (ignored without one). A process that does not read its stdin cannot hold this up past the
+/// client's going away: a stdin write waiting for the process is abandoned when the client hangs
+/// up, even with more of its frames unread.
+pub async fn pump_input(rd: &mut ReadHalf<'_>, stdin: Option<&StdinWriter>, console: Option<&OwnedFd>) {
     loop {
         let frame = match read_message_max::<_, proto::StreamFrame>(rd, MAX_FRAME).await {
             Ok(Some(frame)) => frame,
@@ -44,12 +46,23 @@ pub async fn pump_input<R: AsyncRead + Unpin>(
         match frame.frame {
             Some(Frame::Stdin(data)) => {
                 if let Some(stdin) = stdin {
-                    stdin.write(&data).await;
+                    // The write first: input that can be delivered is, even from a client that
+                    // has already hung up.
+                    tokio::select! {
+                        biased;
+                        () = stdin.write(&data) => {}
+                        () = hung_up(rd) => return,
+                    }
                 }
             }
             Some(Frame::StdinClose(_)) => {
                 if let Some(stdin) = stdin {
-                    stdin.close().await;
+                    // Another attacher's write may hold the stdin.
+                    tokio::select! {
+                        biased;
+                        () = stdin.close() => {}
+                        () = hung_up(rd) => return,
+                    }
                 }
             }
             Some(Frame::Resize(size)) => {
@@ -61,6 +74,19 @@ pub async fn pump_input<R: AsyncRead + Unpin>(
                 }
             }
             _ => tracing::debug!("ignoring a frame a client does not send"),
+        }
+    }
+}
+
+/// Resolves once the client has hung up (or the socket failed), even with frames of it still
+/// unread: epoll reports the peer's shutdown (EPOLLRDHUP) as read-closed, a state that stays set.
+/// While unread frames keep the socket readable, readiness cannot be waited for, so it is looked
+/// at every [`HANGUP_POLL`].
+async fn hung_up(rd: &ReadHalf<'_>) {
+    loop {
+        match rd.ready(Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(HANGUP_POLL).await,
+            _ => return,
         }
     }
 }
@@ -201,6 +227,8 @@ mod tests {
     use bytes::Bytes;
     use std::io::Write;
     use std::time::SystemTime;
+    use tokio::io::AsyncRead;
+    use tokio::net::UnixStream;
 
     fn frame(f: Frame) -> proto::StreamFrame {
         proto::StreamFrame { frame: Some(f) }
@@ -215,7 +243,7 @@ mod tests {
         let (stdin_r, stdin_w) = stdio::pipe().unwrap();
         let stdin = StdinWriter::new(stdin_w).unwrap();
         let pty = nix::pty::openpty(None, None).unwrap();
-        let (mut client, mut shim) = tokio::io::duplex(1024);
+        let (mut client, mut shim) = UnixStream::pair().unwrap();
         let client_side = async {
             for f in [
                 frame(Frame::Stdin(b"abc".to_vec())),
@@ -229,11 +257,39 @@ mod tests {
             }
             drop(client);
         };
-        tokio::join!(client_side, pump_input(&mut shim, Some(&stdin), Some(&pty.master)));
+        let (mut rd, _wr) = shim.split();
+        tokio::join!(client_side, pump_input(&mut rd, Some(&stdin), Some(&pty.master)));
         let mut got = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(stdin_r), &mut got).unwrap();
         assert_eq!(got, "abcdef");
         assert_eq!(fd::window_size(&pty.slave).unwrap(), (100, 40));
+    }
+
+    /// A process that never reads its stdin: the client's input fills the pipe and the socket,
+    /// then the client hangs up with frames still unread; the pump must notice and return.
+    #[tokio::test]
+    async fn a_stalled_stdin_write_ends_when_the_client_hangs_up() {
+        let (_stdin_r_held, stdin_w) = stdio::pipe().unwrap();
+        let stdin = StdinWriter::new(stdin_w).unwrap();
+        let (mut client, mut shim) = UnixStream::pair().unwrap();
+        let (mut rd, _wr) = shim.split();
+        let pump = pump_input(&mut rd, Some(&stdin), None);
+        tokio::pin!(pump);
+        let chunk = frame(Frame::Stdin(vec![b'x'; MAX_CHUNK]));
+        // 4 MiB: more than the pipe and the socket buffers hold; the client's writes stall too.
+        let flood = async {
+            for _ in 0..128 {
+                write_message(&mut client, &chunk).await.unwrap();
+            }
+        };
+        tokio::select! {
+            () = &mut pump => panic!("the pump ended while the client is there"),
+            r = tokio::time::timeout(Duration::from_millis(500), flood) => assert!(r.is_err(), "the input was not held up"),
+        }
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("the pump did not notice the hang-up");
     }
 
     #[tokio::test]
