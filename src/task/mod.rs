@@ -149,6 +149,7 @@ pub struct ExecSyncResult {
 /// A process to run in a running container with its stdio streamed ([`ShimApi::exec_stream`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOptions {
+    /// The container to run the process in.
     pub id: String,
     /// The OCI process object (config.json's `process`), as JSON; its `terminal` must equal `tty`.
     pub process_json: Vec<u8>,
@@ -164,6 +165,7 @@ pub struct ExecOptions {
 /// Which of a running container's stdio to attach to ([`ShimApi::attach`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachOptions {
+    /// The container to attach to.
     pub id: String,
     /// Write to the container's stdin (ignored if it was created without one).
     pub stdin: bool,

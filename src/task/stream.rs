@@ -18,7 +18,9 @@ use crate::shim::proto::{self, stream_frame::Frame};
 /// What the process (or container) sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamOutput {
+    /// Output of stdout (with a tty: of the terminal).
     Stdout(Vec<u8>),
+    /// Output of stderr (never with a tty).
     Stderr(Vec<u8>),
     /// The process exited (128 + signal for a signal); the last item of the stream.
     Exit(i32),
@@ -28,7 +30,9 @@ pub enum StreamOutput {
 pub struct ProcessStream {
     /// The exec'd process's pid in the shim's pid namespace; 0 for an attach.
     pub pid: u32,
+    /// Input to the process.
     pub sender: StreamSender,
+    /// Output of the process, then its exit.
     pub receiver: StreamReceiver,
 }
 
