@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use berth::ErrorKind;
 use berth::task::{
-    self, ContainerStatus, CreateOptions, ExecSyncOptions, LaunchOptions, ShimApi, ShimClient,
+    self, AttachOptions, ContainerStatus, CreateOptions, ExecOptions, ExecSyncOptions, LaunchOptions,
+    ProcessStream, ShimApi, ShimClient, StreamOutput, StreamReceiver,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -135,7 +136,7 @@ fn bundle_spec(bundle: &Path, args: &[&str], cgroup: &str) -> serde_json::Value 
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-    for tool in ["sh", "echo", "sleep", "cat", "true", "false", "yes", "head"] {
+    for tool in ["sh", "echo", "sleep", "cat", "true", "false", "yes", "head", "tty", "stty"] {
         std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
     }
     let out = Command::new(RUNC).args(["spec", "--bundle"]).arg(bundle).output().unwrap();
@@ -156,8 +157,12 @@ fn without_pid_namespace(spec: &mut serde_json::Value) {
 }
 
 fn process(args: &[&str]) -> Vec<u8> {
+    process_on(args, false)
+}
+
+fn process_on(args: &[&str], terminal: bool) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "terminal": false,
+        "terminal": terminal,
         "user": {"uid": 0, "gid": 0},
         "args": args,
         "env": ["PATH=/bin"],
@@ -479,17 +484,29 @@ async fn serving_shim_stays_small() {
     let log = pod.log_path("b");
     wait_until("some output of b", || read_records(&log).len() >= 3).await;
 
+    // An attacher of the talking container and a streamed exec, both kept open while measuring.
+    let mut attached = pod.client.attach(&attach_opts("b", false, false)).await.unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut attached.receiver, |s| s.stdout.contains("x\n")).await;
+    let exec = pod.client.exec_stream(&exec_stream("a", &["sleep", "100"], false, true)).await.unwrap();
+
     let status = std::fs::read_to_string(format!("/proc/{}/status", pod.shim_pid())).unwrap();
-    let field = |name: &str| -> u64 {
-        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pod.shim_pid())).unwrap();
+    let field = |text: &str, name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     eprintln!(
-        "serving shim with 2 containers: VmRSS {} kB (RssAnon {} kB, RssFile {} kB)",
-        field("VmRSS:"),
-        field("RssAnon:"),
-        field("RssFile:")
+        "serving shim with 2 containers, an attach and an exec stream: VmRSS {} kB (RssAnon {} kB, \
+         RssFile {} kB), Pss {} kB (Pss_Anon {} kB)",
+        field(&status, "VmRSS:"),
+        field(&status, "RssAnon:"),
+        field(&status, "RssFile:"),
+        field(&rollup, "Pss:"),
+        field(&rollup, "Pss_Anon:"),
     );
+    let field = |name: &str| field(&status, name);
+    drop((attached, exec));
     assert_eq!(field("Threads:"), 1, "the shim runs on one thread");
     assert!(field("RssAnon:") < 2048, "private memory grew: {status}");
 
@@ -498,4 +515,233 @@ async fn serving_shim_stays_small() {
         assert_eq!(pod.client.wait(id).await.unwrap().exit_code, 137);
         pod.client.delete(id).await.unwrap();
     }
+}
+
+/// An exec of `args` with every stream (stderr only without a tty).
+fn exec_stream(id: &str, args: &[&str], tty: bool, stdin: bool) -> ExecOptions {
+    ExecOptions { id: id.into(), process_json: process_on(args, tty), tty, stdin, stdout: true, stderr: !tty }
+}
+
+/// Output read so far on a session.
+#[derive(Debug, Default)]
+struct Seen {
+    stdout: String,
+    stderr: String,
+    exit: Option<i32>,
+}
+
+impl Seen {
+    /// Reads until `done` holds (or the stream ends), within 20 s.
+    async fn until(&mut self, rx: &mut StreamReceiver, mut done: impl FnMut(&Seen) -> bool) {
+        let read = async {
+            while !done(self) {
+                match rx.next().await.unwrap() {
+                    Some(StreamOutput::Stdout(d)) => self.stdout.push_str(&String::from_utf8_lossy(&d)),
+                    Some(StreamOutput::Stderr(d)) => self.stderr.push_str(&String::from_utf8_lossy(&d)),
+                    Some(StreamOutput::Exit(code)) => self.exit = Some(code),
+                    None => return,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap_or_else(|_| panic!("timed out, saw {self:?}"));
+    }
+
+    async fn to_exit(rx: &mut StreamReceiver) -> Seen {
+        let mut seen = Seen::default();
+        seen.until(rx, |s| s.exit.is_some()).await;
+        assert_eq!(rx.next().await.unwrap(), None, "nothing after the exit");
+        seen
+    }
+}
+
+async fn running_box(pod: &mut Pod) {
+    pod.create("box", &["sleep", "1000"], |_| {}).await;
+    pod.client.start("box").await.unwrap();
+}
+
+fn cgroup_procs(pod: &Pod, id: &str) -> usize {
+    let path = PathBuf::from("/sys/fs/cgroup/pids")
+        .join(cgroup_name(pod, id).trim_start_matches('/'))
+        .join("cgroup.procs");
+    std::fs::read_to_string(path).unwrap().lines().count()
+}
+
+#[tokio::test]
+async fn exec_stream_carries_stdin_stdout_stderr_and_the_exit() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    running_box(&mut pod).await;
+    let script = "read x; echo got:$x; echo err >&2; exit 7";
+    let mut s =
+        pod.client.exec_stream(&exec_stream("box", &["sh", "-c", script], false, true)).await.unwrap();
+    assert!(s.pid > 0);
+    s.sender.stdin(b"hello\n").await.unwrap();
+    let seen = Seen::to_exit(&mut s.receiver).await;
+    assert_eq!((seen.stdout.as_str(), seen.stderr.as_str(), seen.exit), ("got:hello\n", "err\n", Some(7)));
+
+    // Closing stdin is the end of file of a process reading it.
+    let mut s = pod.client.exec_stream(&exec_stream("box", &["cat"], false, true)).await.unwrap();
+    s.sender.stdin(b"a\nb\n").await.unwrap();
+    s.sender.close_stdin().await.unwrap();
+    let seen = Seen::to_exit(&mut s.receiver).await;
+    assert_eq!((seen.stdout.as_str(), seen.exit), ("a\nb\n", Some(0)));
+
+    // A large output arrives whole and in order, streamed rather than buffered.
+    let mut s = pod
+        .client
+        .exec_stream(&exec_stream("box", &["sh", "-c", "yes abcdefgh | head -c 20000000"], false, false))
+        .await
+        .unwrap();
+    let seen = Seen::to_exit(&mut s.receiver).await;
+    assert_eq!((seen.stdout.len(), seen.exit), (20_000_000, Some(0)));
+    assert!(seen.stdout.lines().all(|l| l == "abcdefgh" || "abcdefgh".starts_with(l)));
+
+    let err = pod.client.exec_stream(&exec_stream("box", &["/nope"], false, false)).await.err().unwrap();
+    assert!(err.to_string().contains("/nope"), "{err}");
+    let mismatch = ExecOptions { tty: true, ..exec_stream("box", &["true"], false, false) };
+    assert_eq!(pod.client.exec_stream(&mismatch).await.err().unwrap().kind(), ErrorKind::InvalidArgument);
+    let missing = exec_stream("nope", &["true"], false, false);
+    assert_eq!(pod.client.exec_stream(&missing).await.err().unwrap().kind(), ErrorKind::NotFound);
+    assert_eq!(cgroup_procs(&pod, "box"), 1, "every exec'd process is gone");
+    pod.client.delete("box").await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_stream_with_a_tty_resizes() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    running_box(&mut pod).await;
+    let opts = exec_stream("box", &["sh", "-c", "tty; read x; stty size"], true, true);
+    let mut s = pod.client.exec_stream(&opts).await.unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut s.receiver, |s| s.stdout.contains('\n')).await;
+    assert!(seen.stdout.starts_with("/dev/pts/"), "{seen:?}");
+    s.sender.resize(100, 40).await.unwrap();
+    s.sender.stdin(b"go\n").await.unwrap();
+    seen.until(&mut s.receiver, |s| s.exit.is_some()).await;
+    // The terminal echoes the input and ends lines with \r\n.
+    assert!(seen.stdout.contains("go\r\n40 100\r\n"), "{seen:?}");
+    assert_eq!((seen.stderr.as_str(), seen.exit), ("", Some(0)));
+    pod.client.delete("box").await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_stream_client_going_away_kills_the_process() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    running_box(&mut pod).await;
+    let s = pod.client.exec_stream(&exec_stream("box", &["sleep", "1000"], false, false)).await.unwrap();
+    wait_until("the exec to start", || cgroup_procs(&pod, "box") == 2).await;
+    drop(s);
+    wait_until("the exec to be killed", || cgroup_procs(&pod, "box") == 1).await;
+
+    // Same while the process is writing and the client is not reading.
+    let s = pod.client.exec_stream(&exec_stream("box", &["yes"], false, true)).await.unwrap();
+    wait_until("the exec to start", || cgroup_procs(&pod, "box") == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ProcessStream { sender, receiver, .. } = s;
+    drop(sender);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cgroup_procs(&pod, "box"), 2, "dropping only the sender keeps the session");
+    drop(receiver);
+    wait_until("the exec to be killed", || cgroup_procs(&pod, "box") == 1).await;
+
+    // Same while the process does not read the stdin the client keeps sending.
+    let mut s = pod.client.exec_stream(&exec_stream("box", &["sleep", "1000"], false, true)).await.unwrap();
+    wait_until("the exec to start", || cgroup_procs(&pod, "box") == 2).await;
+    let flood = tokio::time::timeout(Duration::from_millis(500), s.sender.stdin(&vec![b'x'; 8 << 20])).await;
+    assert!(flood.is_err(), "8 MiB of stdin went somewhere although nothing reads it");
+    drop(s);
+    wait_until("the exec to be killed", || cgroup_procs(&pod, "box") == 1).await;
+    assert_eq!(pod.client.state("box").await.unwrap().status, ContainerStatus::Running);
+    pod.client.delete("box").await.unwrap();
+}
+
+fn attach_opts(id: &str, stdin: bool, tty: bool) -> AttachOptions {
+    AttachOptions { id: id.into(), stdin, stdout: true, stderr: !tty, tty }
+}
+
+/// Creates and starts a container with a stdin pipe (or a pty).
+async fn create_with_stdin(pod: &mut Pod, id: &str, args: &[&str], tty: bool) {
+    let bundle = pod.tmp.path().join("bundles").join(id);
+    let mut spec = bundle_spec(&bundle, args, &cgroup_name(pod, id));
+    spec["process"]["terminal"] = json!(tty);
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    pod.created.push(id.to_string());
+    let opts = CreateOptions { id: id.into(), bundle, stdin: true, tty, log_path: Some(pod.log_path(id)) };
+    pod.client.create(&opts).await.unwrap();
+    pod.client.start(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn attach_fans_out_output_and_feeds_stdin() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    create_with_stdin(
+        &mut pod,
+        "echo",
+        &["sh", "-c", "while read l; do echo echo:$l; done; echo bye"],
+        false,
+    )
+    .await;
+    let mut a = pod.client.attach(&attach_opts("echo", true, false)).await.unwrap();
+    let mut b = pod.client.attach(&attach_opts("echo", false, false)).await.unwrap();
+    a.sender.stdin(b"one\n").await.unwrap();
+    let (mut seen_a, mut seen_b) = (Seen::default(), Seen::default());
+    seen_a.until(&mut a.receiver, |s| s.stdout.contains("echo:one\n")).await;
+    seen_b.until(&mut b.receiver, |s| s.stdout.contains("echo:one\n")).await;
+
+    // Detaching leaves the container running, its stdin open.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pod.client.state("echo").await.unwrap().status, ContainerStatus::Running);
+    let mut c = pod.client.attach(&attach_opts("echo", true, false)).await.unwrap();
+    c.sender.stdin(b"two\n").await.unwrap();
+    seen_b.until(&mut b.receiver, |s| s.stdout.contains("echo:two\n")).await;
+    assert_eq!(seen_b.stdout, "echo:one\necho:two\n");
+
+    let tty = attach_opts("echo", false, true);
+    assert_eq!(pod.client.attach(&tty).await.err().unwrap().kind(), ErrorKind::InvalidArgument);
+    let missing = attach_opts("nope", false, false);
+    assert_eq!(pod.client.attach(&missing).await.err().unwrap().kind(), ErrorKind::NotFound);
+
+    // stdin_once: closing the container's stdin ends its loop; every attacher sees the exit.
+    c.sender.close_stdin().await.unwrap();
+    seen_b.until(&mut b.receiver, |s| s.exit.is_some()).await;
+    assert_eq!((seen_b.stdout.as_str(), seen_b.exit), ("echo:one\necho:two\nbye\n", Some(0)));
+    let seen_c = Seen::to_exit(&mut c.receiver).await;
+    assert_eq!((seen_c.stdout.as_str(), seen_c.exit), ("echo:two\nbye\n", Some(0)));
+    assert_eq!(pod.log("echo"), ["stdout F echo:one", "stdout F echo:two", "stdout F bye"]);
+    let stopped = attach_opts("echo", false, false);
+    assert_eq!(pod.client.attach(&stopped).await.err().unwrap().kind(), ErrorKind::FailedPrecondition);
+    pod.client.delete("echo").await.unwrap();
+}
+
+#[tokio::test]
+async fn attach_to_a_tty_resizes_it() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    create_with_stdin(&mut pod, "term", &["sh", "-c", "while read l; do stty size; done"], true).await;
+    let mut a = pod.client.attach(&attach_opts("term", true, true)).await.unwrap();
+    a.sender.resize(120, 50).await.unwrap();
+    a.sender.stdin(b"\n").await.unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut a.receiver, |s| s.stdout.contains("50 120")).await;
+    assert_eq!(seen.stderr, "");
+    pod.client.kill("term", 9, false).await.unwrap();
+    seen.until(&mut a.receiver, |s| s.exit.is_some()).await;
+    assert_eq!(seen.exit, Some(137));
+    pod.client.delete("term").await.unwrap();
 }

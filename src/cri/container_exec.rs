@@ -17,7 +17,9 @@ use crate::task::ExecSyncOptions;
 pub const EXEC_SYNC_MAX_OUTPUT: usize = (8 << 20) - 4096;
 
 impl Pods {
-    fn running(&self, id: &str) -> Result<super::store::ContainerRecord> {
+    /// The record of the running container `id` (or a unique prefix of it): NotFound if unknown,
+    /// FailedPrecondition if not running.
+    pub(crate) fn running(&self, id: &str) -> Result<super::store::ContainerRecord> {
         let id = self
             .store
             .resolve_container(id)?
@@ -33,7 +35,7 @@ impl Pods {
     }
 
     /// The container's OCI process with `args`, for an exec.
-    fn exec_process(&self, id: &str, args: &[String], tty: bool) -> Result<Vec<u8>> {
+    pub(crate) fn exec_process(&self, id: &str, args: &[String], tty: bool) -> Result<Vec<u8>> {
         let path = self.paths.bundle(id).join("config.json");
         let spec: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&path).map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?,

@@ -17,6 +17,7 @@ pub mod container_exec;
 pub mod container_start;
 pub mod container_status;
 pub mod container_stop;
+pub mod container_stream;
 pub mod files;
 pub mod image;
 pub mod pause;

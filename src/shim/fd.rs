@@ -1,10 +1,11 @@
 //! Raw descriptor plumbing, the only `unsafe` of the shim: taking ownership of the pty master the
-//! OCI runtime sends over `--console-socket` (SCM_RIGHTS), and closing the descriptors a serving
-//! shim inherited from whoever launched it. This module must never do anything else with them.
+//! OCI runtime sends over `--console-socket` (SCM_RIGHTS), setting that pty's window size, and
+//! closing the descriptors a serving shim inherited from whoever launched it. This module must
+//! never do anything else with them.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::Interest;
@@ -37,6 +38,27 @@ fn receive_now(fd: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the runtime {what}")));
     }
     Ok(received.swap_remove(0))
+}
+
+/// Sets the window size of the terminal `pty` (a pty master or slave) in characters, as a
+/// terminal emulator does on a resize; the kernel sends SIGWINCH to the terminal's foreground
+/// process group.
+pub fn set_window_size(pty: impl AsFd, width: u16, height: u16) -> io::Result<()> {
+    let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points at a live local for
+    // the duration of the call; the descriptor is borrowed, so it stays open meanwhile.
+    let rc = unsafe { libc::ioctl(pty.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &size as *const libc::winsize) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The window size of the terminal `pty` as (width, height).
+#[cfg(test)]
+pub(crate) fn window_size(pty: impl AsFd) -> io::Result<(u16, u16)> {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points at a live local.
+    let rc =
+        unsafe { libc::ioctl(pty.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut size as *mut libc::winsize) };
+    if rc == 0 { Ok((size.ws_col, size.ws_row)) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Closes every descriptor above stderr. Only for a process taking itself over (the start of
@@ -80,6 +102,15 @@ mod tests {
         // The original write end was moved into the sender task and dropped with it.
         reader.read_to_string(&mut got).unwrap();
         assert_eq!(got, "through");
+    }
+
+    #[test]
+    fn window_size_set_on_the_master_shows_on_the_slave() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        set_window_size(&pty.master, 132, 43).unwrap();
+        assert_eq!(window_size(&pty.slave).unwrap(), (132, 43));
+        let (r, _w) = std::io::pipe().unwrap();
+        assert!(set_window_size(&r, 80, 24).is_err(), "a pipe is not a terminal");
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod server;
 pub mod status;
 pub mod stdio;
+pub mod stream;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

@@ -1,6 +1,7 @@
 //! The serving shim: the containers of one pod, their lifecycle through the OCI runtime, exit
 //! handling (OOM evidence → status.json → Wait callers and Events subscribers, in that order), and
-//! the API on the unix socket, one request per connection.
+//! the API on the unix socket, one request per connection (a streaming call, Exec or Attach, keeps
+//! its connection for the session's frames, see [`super::stream`]).
 //!
 //! Everything runs on one current-thread runtime; state sits behind std mutexes that are never held
 //! across an await. This module must never block on a container (stdio is drained by tasks) and
@@ -28,11 +29,13 @@ use tracing::Instrument;
 
 use super::cgroup::OomCounter;
 use super::cri_log::{LogFile, Stream};
-use super::frame::{read_message, write_message};
+use super::frame::{Output, read_message, write_message};
 use super::proto::{self, request::Call, response};
 use super::reaper::{self, Exit, Reaper, Target};
 use super::runtime::{RemoveOnDrop, RuntimeDriver, RuntimeStdio};
 use super::status::{self, RecordedStatus, StatusRecord};
+use super::stdio::{Fanout, StdinWriter};
+use super::stream::{ExecOutput, pump_attach_output, pump_exec_output, pump_input, write_exit};
 use super::{ShimConfig, code_from_kind, fd, lock, stdio};
 use crate::error::{Context, Error, ErrorKind, Result};
 
@@ -48,6 +51,11 @@ const DELETE_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXEC_OUTPUT_CAP: usize = 16 << 20;
 /// Pending events per subscriber before it is cut off (it then reconnects and lists).
 const EVENT_BACKLOG: usize = 64;
+/// Output chunks (of up to 8 KiB) an attacher may fall behind by before it is detached.
+const ATTACH_BACKLOG: usize = 64;
+/// How long the runtime's pty master may take to arrive once the runtime has exited (it sends it
+/// before exiting, so it is normally there at once).
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// sun_path is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -68,13 +76,13 @@ struct Container {
     exit: Option<ExitInfo>,
     exiting: bool,
     log: Arc<Mutex<LogFile>>,
-    /// The write end of the container's stdin, kept for Attach (and a future stdin_once, which
-    /// would close it when the first attach ends).
-    #[allow(dead_code)]
-    stdin: Option<OwnedFd>,
-    /// The pty master, kept for Attach and ResizePty.
-    #[allow(dead_code)]
-    console: Option<OwnedFd>,
+    /// The container's stdin (a pipe, or the pty master) if it was created with one: held open so
+    /// the container does not see end of file, written by attachers.
+    stdin: Option<Arc<StdinWriter>>,
+    /// The pty master, for resizes.
+    console: Option<Arc<OwnedFd>>,
+    /// Copies of the output for attachers.
+    fanout: Arc<Fanout>,
     io: Vec<JoinHandle<()>>,
     io_abort: Vec<AbortHandle>,
     oom: OomCounter,
@@ -187,6 +195,65 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         lock(&self.0.state).creating.remove(&self.1);
     }
+}
+
+/// A socket the runtime sends a new pty's master to (`--console-socket`), removed when dropped.
+struct ConsoleSocket {
+    path: PathBuf,
+    receiving: JoinHandle<std::io::Result<OwnedFd>>,
+    _file: RemoveOnDrop,
+}
+
+impl ConsoleSocket {
+    fn bind(shim: &Shim, what: &str) -> Result<ConsoleSocket> {
+        let seq = shim.seq.fetch_add(1, Ordering::Relaxed);
+        let path = shim.config.dir.join(format!("console-{seq}.sock"));
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::invalid(format!(
+                "{what}: console socket path {} is too long",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).context(|| format!("{what}: binding {}", path.display()))?;
+        let file = RemoveOnDrop(vec![path.clone()]);
+        let receiving = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await?;
+            fd::receive_fd(&conn).await
+        });
+        Ok(ConsoleSocket { path, receiving, _file: file })
+    }
+
+    /// The master, once the runtime has run.
+    async fn receive(mut self, what: &str) -> Result<OwnedFd> {
+        match tokio::time::timeout(CONSOLE_TIMEOUT, &mut self.receiving).await {
+            Ok(Ok(Ok(fd))) => Ok(fd),
+            Ok(Ok(Err(e))) => {
+                Err(Error::with_source(ErrorKind::Internal, format!("{what}: receiving the pty"), e))
+            }
+            _ => Err(Error::internal(format!("{what}: the runtime sent no pty"))),
+        }
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        self.receiving.abort();
+    }
+}
+
+/// An exec started for a streaming call.
+struct StreamedExec {
+    pid: u32,
+    exit: oneshot::Receiver<Exit>,
+    outputs: [Option<ExecOutput>; 2],
+    stdin: Option<StdinWriter>,
+    console: Option<OwnedFd>,
+}
+
+fn duplicate(fd: &OwnedFd, what: &str) -> Result<OwnedFd> {
+    fd.try_clone()
+        .map_err(|e| Error::with_source(ErrorKind::Internal, format!("{what}: duplicating the pty"), e))
 }
 
 fn os(s: &str) -> &OsStr {
@@ -326,10 +393,15 @@ impl Shim {
                 }
                 Err(_) => return,
             };
-        let Some(call) = request.call else {
-            let _ =
-                write_message(&mut stream, &answer(Err(Error::invalid("empty or unknown request")))).await;
-            return;
+        let call = match request.call {
+            Some(Call::Exec(req)) => return self.exec_stream(req, stream).await,
+            Some(Call::Attach(req)) => return self.attach(req, stream).await,
+            Some(call) => call,
+            None => {
+                let error = Error::invalid("empty or unknown request");
+                let _ = write_message(&mut stream, &answer(Err(error))).await;
+                return;
+            }
         };
         let (mut rd, mut wr) = stream.split();
         let gone = client_gone(&mut rd);
@@ -390,7 +462,7 @@ impl Shim {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }))),
-            Call::Wait(_) | Call::Events(_) | Call::Shutdown(_) => {
+            Call::Wait(_) | Call::Events(_) | Call::Shutdown(_) | Call::Exec(_) | Call::Attach(_) => {
                 Err(Error::internal("streaming call reached the unary handler"))
             }
         }
@@ -461,50 +533,23 @@ impl Shim {
         // Held until the init's pid is watched, so that an early exit is kept for it.
         let start = StartGuard::new(&self.reaper);
         let (readers, stdin, console) = if req.tty {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let socket = self.config.dir.join(format!("console-{seq}.sock"));
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(Error::invalid(format!(
-                    "{what}: console socket path {} is too long",
-                    socket.display()
-                )));
-            }
-            let _ = std::fs::remove_file(&socket);
-            let listener =
-                UnixListener::bind(&socket).context(|| format!("{what}: binding {}", socket.display()))?;
-            let _socket_file = RemoveOnDrop(vec![socket.clone()]);
-            let receiving: JoinHandle<std::io::Result<OwnedFd>> = tokio::spawn(async move {
-                let (conn, _) = listener.accept().await?;
-                fd::receive_fd(&conn).await
-            });
-            args.extend([os("--console-socket"), socket.as_os_str(), os(&id)]);
-            if let Err(e) = self.runtime.run(dir, &args, RuntimeStdio::null(), &what).await {
-                receiving.abort();
-                return Err(e);
-            }
-            // The runtime sent the master before exiting, so it is already waiting in the socket.
-            let receiving_abort = receiving.abort_handle();
-            let master = match tokio::time::timeout(Duration::from_secs(5), receiving).await {
-                Ok(Ok(Ok(fd))) => fd,
-                Ok(Ok(Err(e))) => {
-                    let e = Error::with_source(ErrorKind::Internal, format!("{what}: receiving the pty"), e);
-                    return Err(self.undo_create(dir, &id, e).await);
-                }
-                _ => {
-                    receiving_abort.abort();
-                    let e = Error::internal(format!("{what}: the runtime sent no pty"));
-                    return Err(self.undo_create(dir, &id, e).await);
-                }
+            let console = ConsoleSocket::bind(self, &what)?;
+            args.extend([os("--console-socket"), console.path.as_os_str(), os(&id)]);
+            self.runtime.run(dir, &args, RuntimeStdio::null(), &what).await?;
+            let ends = async {
+                let master = console.receive(&what).await?;
+                let reader = duplicate(&master, &what)?;
+                let stdin = match req.stdin {
+                    true => Some(Arc::new(StdinWriter::new(duplicate(&master, &what)?)?)),
+                    false => None,
+                };
+                Ok::<_, Error>((reader, stdin, master))
             };
-            let reader = match master.try_clone() {
-                Ok(fd) => fd,
-                Err(e) => {
-                    let e =
-                        Error::with_source(ErrorKind::Internal, format!("{what}: duplicating the pty"), e);
-                    return Err(self.undo_create(dir, &id, e).await);
-                }
+            let (reader, stdin, master) = match ends.await {
+                Ok(ends) => ends,
+                Err(e) => return Err(self.undo_create(dir, &id, e).await),
             };
-            (vec![(reader, Stream::Stdout)], None, Some(master))
+            (vec![(reader, Stream::Stdout)], stdin, Some(Arc::new(master)))
         } else {
             let (out_r, out_w) = stdio::pipe()?;
             let (err_r, err_w) = stdio::pipe()?;
@@ -521,6 +566,10 @@ impl Shim {
                 stderr: Some(Stdio::from(err_w)),
             };
             self.runtime.run(dir, &args, stdio, &what).await?;
+            let stdin = match stdin.map(StdinWriter::new).transpose() {
+                Ok(stdin) => stdin.map(Arc::new),
+                Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
+            };
             (vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)], stdin, None)
         };
 
@@ -529,11 +578,13 @@ impl Shim {
             Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
         };
         let mut io = Vec::new();
+        let fanout = Arc::new(Fanout::default());
         for (fd, stream) in readers {
             match stdio::receiver(fd) {
                 Ok(rx) => {
                     let span = tracing::info_span!("output", id, stream = stream.as_str());
-                    let copy = stdio::copy_to_log(rx, stream, self.config.log_line_max, log.clone());
+                    let max_line = self.config.log_line_max;
+                    let copy = stdio::copy_to_log(rx, stream, max_line, log.clone(), fanout.clone());
                     io.push(tokio::spawn(copy.instrument(span)));
                 }
                 Err(e) => return Err(self.undo_create(dir, &id, e.context(&what)).await),
@@ -551,6 +602,7 @@ impl Shim {
             log,
             stdin,
             console,
+            fanout,
             io_abort: io.iter().map(JoinHandle::abort_handle).collect(),
             io,
             oom_baseline: oom.read().unwrap_or(0),
@@ -697,14 +749,7 @@ impl Shim {
     ) -> Result<proto::ExecSyncResponse> {
         let started = Instant::now();
         let id = req.id.as_str();
-        let dir = {
-            let state = lock(&self.state);
-            let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
-            if c.status != RecordedStatus::Running || c.exiting {
-                return Err(Error::precondition(format!("cannot exec in container {id}: it is not running")));
-            }
-            c.dir.clone()
-        };
+        let dir = self.exec_dir(id)?;
         let what = format!("executing a process in container {id}");
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let process_file = dir.join(format!("exec-{seq}.json"));
@@ -743,14 +788,7 @@ impl Shim {
                         stderr: Some(Stdio::from(err_w)),
                     };
                     self.runtime.run(&dir, &args, stdio, &what).await?;
-                    let pid = read_pid(&pid_file).map_err(|e| e.context(&what))?;
-                    let (tx, rx) = oneshot::channel();
-                    if let Some((Target::Notify(tx), exit)) =
-                        lock(&self.reaper).watch(pid as i32, Target::Notify(tx))
-                    {
-                        let _ = tx.send(exit);
-                    }
-                    (pid, rx)
+                    self.watch_exec(&pid_file, &what)?
                 };
                 let lost = || Error::internal(format!("{what}: the reaper lost the exit of pid {pid}"));
                 let timer = async {
@@ -785,6 +823,199 @@ impl Shim {
             tokio::join!(run, stdio::capture(out_rx, err_rx, cap, &done, IO_DRAIN));
         let (exit, timed_out): (Exit, bool) = result?;
         Ok(proto::ExecSyncResponse { exit_code: exit.code, stdout, stderr, timed_out })
+    }
+
+    /// The directory of a container that can run an exec (it is running).
+    fn exec_dir(&self, id: &str) -> Result<PathBuf> {
+        let state = lock(&self.state);
+        let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
+        if c.status != RecordedStatus::Running || c.exiting {
+            return Err(Error::precondition(format!("cannot exec in container {id}: it is not running")));
+        }
+        Ok(c.dir.clone())
+    }
+
+    /// Watches the process `runtime exec -d` started (its pid is in `pid_file`); the receiver gets
+    /// its exit. To be called while a [`StartGuard`] is held, so an exit before this is kept.
+    fn watch_exec(&self, pid_file: &Path, what: &str) -> Result<(u32, oneshot::Receiver<Exit>)> {
+        let pid = read_pid(pid_file).map_err(|e| e.context(what))?;
+        let (tx, rx) = oneshot::channel();
+        if let Some((Target::Notify(tx), exit)) = lock(&self.reaper).watch(pid as i32, Target::Notify(tx)) {
+            let _ = tx.send(exit);
+        }
+        Ok((pid, rx))
+    }
+
+    /// Exec with streams: start the process, answer, then carry its stdio until it exits (exit
+    /// frame) or the client goes away (SIGKILL).
+    async fn exec_stream(self: Arc<Self>, req: proto::ExecRequest, mut stream: UnixStream) {
+        let id = req.id.clone();
+        let span = tracing::info_span!("exec", id);
+        let exec = match self.start_exec(req).instrument(span.clone()).await {
+            Ok(exec) => exec,
+            Err(e) => {
+                tracing::info!(parent: &span, error = %e, "exec failed");
+                let _ = write_message(&mut stream, &answer(Err(e))).await;
+                return;
+            }
+        };
+        let StreamedExec { pid, mut exit, outputs, stdin, console } = exec;
+        tracing::info!(parent: &span, pid, "exec started");
+        let (mut rd, mut wr) = stream.split();
+        let mut exited = None;
+        let started = answer(Ok(Some(response::Result::Exec(proto::ExecResponse { pid }))));
+        let finished = async {
+            write_message(&mut wr, &started).await?;
+            tokio::select! {
+                r = pump_exec_output(&mut wr, outputs, &mut exit, &mut exited, IO_DRAIN) => r.map(|()| true),
+                () = pump_input(&mut rd, stdin.as_ref(), console.as_ref()) => Ok(false),
+            }
+        }
+        .await;
+        if let (Ok(true), Some(e)) = (&finished, exited) {
+            tracing::info!(parent: &span, pid, code = e.code, "exec exited");
+            let _ = write_exit(&mut wr, e.code).await;
+            return;
+        }
+        // The client went away. Not reaped yet means the pid is still this process (at worst a
+        // zombie): nothing else runs on this thread between the check and the kill.
+        if exited.is_none() && exit.try_recv().is_err() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            tracing::info!(parent: &span, pid, "exec client went away, killed the process");
+        }
+    }
+
+    async fn start_exec(self: &Arc<Self>, req: proto::ExecRequest) -> Result<StreamedExec> {
+        let id = req.id.as_str();
+        let dir = self.exec_dir(id)?;
+        let what = format!("executing a process in container {id}");
+        let process: serde_json::Value = serde_json::from_slice(&req.process_json)
+            .context_kind(ErrorKind::InvalidArgument, || format!("{what}: parsing the process"))?;
+        let terminal = process.get("terminal").and_then(|t| t.as_bool()).unwrap_or(false);
+        if terminal != req.tty {
+            return Err(Error::invalid(format!(
+                "{what}: tty is {} but process.terminal is {terminal}",
+                req.tty
+            )));
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let process_file = dir.join(format!("exec-{seq}.json"));
+        let pid_file = dir.join(format!("exec-{seq}.pid"));
+        let _files = RemoveOnDrop(vec![process_file.clone(), pid_file.clone()]);
+        std::fs::write(&process_file, &req.process_json)
+            .context(|| format!("{what}: writing {}", process_file.display()))?;
+        let mut args = vec![
+            os("exec"),
+            os("-d"),
+            os("--pid-file"),
+            pid_file.as_os_str(),
+            os("--process"),
+            process_file.as_os_str(),
+        ];
+        let _start = StartGuard::new(&self.reaper);
+        if req.tty {
+            let console = ConsoleSocket::bind(self, &what)?;
+            args.extend([os("--console-socket"), console.path.as_os_str(), os(id)]);
+            self.runtime.run(&dir, &args, RuntimeStdio::null(), &what).await?;
+            let (pid, exit) = self.watch_exec(&pid_file, &what)?;
+            let ends = async {
+                let master = console.receive(&what).await?;
+                let rx = stdio::receiver(duplicate(&master, &what)?)?;
+                let stdin = match req.stdin {
+                    true => Some(StdinWriter::new(duplicate(&master, &what)?)?),
+                    false => None,
+                };
+                Ok::<_, Error>((rx, stdin, master))
+            };
+            let (rx, stdin, master) = match ends.await {
+                Ok(ends) => ends,
+                Err(e) => {
+                    // Nobody could talk to it: it must not run unattended.
+                    if exit.is_empty() {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                    return Err(e);
+                }
+            };
+            let output = ExecOutput { rx, output: Output::Stdout, wanted: req.stdout };
+            return Ok(StreamedExec {
+                pid,
+                exit,
+                outputs: [Some(output), None],
+                stdin,
+                console: Some(master),
+            });
+        }
+        args.push(os(id));
+        let mut outputs = [None, None];
+        let mut stdio =
+            RuntimeStdio { stdin: Stdio::null(), stdout: Stdio::null(), stderr: Some(Stdio::null()) };
+        if req.stdout {
+            let (r, w) = stdio::pipe()?;
+            stdio.stdout = Stdio::from(w);
+            outputs[0] = Some(ExecOutput { rx: stdio::receiver(r)?, output: Output::Stdout, wanted: true });
+        }
+        if req.stderr {
+            let (r, w) = stdio::pipe()?;
+            stdio.stderr = Some(Stdio::from(w));
+            outputs[1] = Some(ExecOutput { rx: stdio::receiver(r)?, output: Output::Stderr, wanted: true });
+        }
+        let mut stdin = None;
+        if req.stdin {
+            let (r, w) = stdio::pipe()?;
+            stdio.stdin = Stdio::from(r);
+            stdin = Some(StdinWriter::new(w)?);
+        }
+        self.runtime.run(&dir, &args, stdio, &what).await?;
+        let (pid, exit) = self.watch_exec(&pid_file, &what)?;
+        Ok(StreamedExec { pid, exit, outputs, stdin, console: None })
+    }
+
+    /// Attach: a copy of the container's output from now on, stdin to the container's, until the
+    /// container exits (exit frame), the attacher falls behind, or the client detaches.
+    async fn attach(self: Arc<Self>, req: proto::AttachRequest, mut stream: UnixStream) {
+        let id = req.id.as_str();
+        let session = {
+            let state = lock(&self.state);
+            match state.containers.get(id) {
+                None => Err(not_found(id)),
+                Some(c) if c.status != RecordedStatus::Running || c.exiting => {
+                    Err(Error::precondition(format!("cannot attach to container {id}: it is not running")))
+                }
+                Some(c) if c.console.is_some() != req.tty => Err(Error::invalid(format!(
+                    "cannot attach to container {id}: tty is {} but the container has {}",
+                    req.tty,
+                    if req.tty { "no terminal" } else { "a terminal" }
+                ))),
+                Some(c) => Ok((
+                    c.fanout.subscribe(req.stdout, req.stderr, ATTACH_BACKLOG),
+                    c.stdin.clone().filter(|_| req.stdin),
+                    c.console.clone(),
+                    c.exited.subscribe(),
+                )),
+            }
+        };
+        let (chunks, stdin, console, exited) = match session {
+            Ok(session) => session,
+            Err(e) => {
+                let _ = write_message(&mut stream, &answer(Err(e))).await;
+                return;
+            }
+        };
+        let (mut rd, mut wr) = stream.split();
+        if write_message(&mut wr, &answer(Ok(None))).await.is_err() {
+            return;
+        }
+        tracing::info!(id, "attached");
+        let ended = tokio::select! {
+            r = pump_attach_output(&mut wr, chunks, exited) => match r {
+                Ok(true) => "the container exited",
+                Ok(false) => "the attacher fell behind",
+                Err(_) => "the client went away",
+            },
+            () = pump_input(&mut rd, stdin.as_deref(), console.as_deref()) => "the client detached",
+        };
+        tracing::info!(id, ended, "attach ended");
     }
 
     async fn update(&self, req: proto::UpdateRequest) -> Result<()> {
@@ -889,6 +1120,8 @@ pub fn call_name(call: &Call) -> &'static str {
         Call::Events(_) => "events",
         Call::Shutdown(_) => "shutdown",
         Call::Ping(_) => "ping",
+        Call::Exec(_) => "exec",
+        Call::Attach(_) => "attach",
     }
 }
 

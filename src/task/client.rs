@@ -8,8 +8,8 @@ use futures_util::future::BoxFuture;
 use tokio::net::UnixStream;
 
 use super::{
-    ContainerState, CreateOptions, DEFAULT_CALL_TIMEOUT, EventStream, ExecSyncOptions, ExecSyncResult,
-    ExitEvent, LaunchOptions, ShimApi, ShimInfo,
+    AttachOptions, ContainerState, CreateOptions, DEFAULT_CALL_TIMEOUT, EventStream, ExecOptions,
+    ExecSyncOptions, ExecSyncResult, ExitEvent, LaunchOptions, ProcessStream, ShimApi, ShimInfo,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::shim::frame::{read_message, write_message};
@@ -209,6 +209,63 @@ impl ShimClient {
         }
     }
 
+    /// Starts a process in the container with its stdio streamed (see [`ShimApi::exec_stream`]).
+    pub async fn exec_stream(&self, opts: &ExecOptions) -> Result<ProcessStream> {
+        let req = proto::ExecRequest {
+            id: opts.id.clone(),
+            process_json: opts.process_json.clone(),
+            tty: opts.tty,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        };
+        let what = format!("exec in container {}", opts.id);
+        match self.open_stream(Call::Exec(req), what).await? {
+            (Some(R::Exec(r)), stream) => Ok(ProcessStream { pid: r.pid, ..stream }),
+            (other, _) => Err(unexpected("exec", other)),
+        }
+    }
+
+    /// Attaches to the container's stdio (see [`ShimApi::attach`]).
+    pub async fn attach(&self, opts: &AttachOptions) -> Result<ProcessStream> {
+        let req = proto::AttachRequest {
+            id: opts.id.clone(),
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+            tty: opts.tty,
+        };
+        let what = format!("attach to container {}", opts.id);
+        match self.open_stream(Call::Attach(req), what).await? {
+            (None, stream) => Ok(stream),
+            (other, _) => Err(unexpected("attach", other)),
+        }
+    }
+
+    /// Sends a streaming call and reads its answer under the call deadline; the connection then
+    /// belongs to the returned stream (which has no deadline).
+    async fn open_stream(&self, call: Call, what: String) -> Result<(Option<R>, ProcessStream)> {
+        let name = call_name(&call);
+        let exchange = async {
+            let mut stream = self.open().await?;
+            write_message(&mut stream, &proto::Request { call: Some(call) })
+                .await
+                .map_err(|e| self.io(name, e))?;
+            let result = read_response(&mut stream, name, &self.socket).await?;
+            Ok::<_, Error>((result, stream))
+        };
+        let (result, stream) = tokio::time::timeout(self.timeout, exchange).await.map_err(|_| {
+            Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("shim call {name} at {} took over {:?}", self.socket.display(), self.timeout),
+            )
+        })??;
+        // Not `into_split`: its write half shuts the socket down when dropped, which the shim
+        // would take for the client going away.
+        let (r, w) = tokio::io::split(stream);
+        Ok((result, ProcessStream::new(0, r, w, what)))
+    }
+
     /// Updates the container's resources (OCI `linux.resources` JSON).
     pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
         let req = proto::UpdateRequest { id: id.into(), resources_json: resources_json.to_vec() };
@@ -323,6 +380,12 @@ impl ShimApi for ShimClient {
     }
     fn exec_sync<'a>(&'a self, opts: &'a ExecSyncOptions) -> BoxFuture<'a, Result<ExecSyncResult>> {
         Box::pin(ShimClient::exec_sync(self, opts))
+    }
+    fn exec_stream<'a>(&'a self, opts: &'a ExecOptions) -> BoxFuture<'a, Result<ProcessStream>> {
+        Box::pin(ShimClient::exec_stream(self, opts))
+    }
+    fn attach<'a>(&'a self, opts: &'a AttachOptions) -> BoxFuture<'a, Result<ProcessStream>> {
+        Box::pin(ShimClient::attach(self, opts))
     }
     fn update<'a>(&'a self, id: &'a str, resources_json: &'a [u8]) -> BoxFuture<'a, Result<()>> {
         Box::pin(ShimClient::update(self, id, resources_json))

@@ -1,6 +1,12 @@
 //! In-memory stand-ins for a pod shim and its launcher, for berthd's unit tests: the same state
 //! machine and error kinds as the real shim, no processes. Tests drive exits with
 //! [`FakeShim::exit`], inject failures with [`FakeShim::fail_next`] and read back the calls.
+//!
+//! Streaming calls speak the real frame protocol over an in-memory pipe, to a scripted process:
+//! an exec'd one writes the ExecSync result's stdout, echoes its stdin to stdout, and when its
+//! stdin ends (at once without stdin) writes the result's stderr and exits with its exit code; an
+//! attached container echoes stdin to stdout until it exits. Resizes are recorded as
+//! `"resize <id> <w>x<h>"`, a client going away as `"exec_killed <id>"` or `"detach <id>"`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,14 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    ContainerState, ContainerStatus, CreateOptions, EventStream, ExecSyncOptions, ExecSyncResult, ExitEvent,
-    LaunchOptions, ShimApi, ShimInfo, ShimLauncher,
+    AttachOptions, ContainerState, ContainerStatus, CreateOptions, EventStream, ExecOptions, ExecSyncOptions,
+    ExecSyncResult, ExitEvent, LaunchOptions, ProcessStream, ShimApi, ShimInfo, ShimLauncher,
 };
 use crate::error::{Error, Result};
+use crate::shim::frame::{read_message, write_message};
 use crate::shim::lock;
+use crate::shim::proto::{self, stream_frame::Frame};
 
 struct FakeContainer {
     state: ContainerState,
@@ -34,13 +43,14 @@ struct FakeState {
 
 /// A pod shim in memory. Every signal but 0 is fatal to a fake container (exit 128 + signal).
 pub struct FakeShim {
-    state: Mutex<FakeState>,
+    /// Shared with the tasks playing streamed processes.
+    state: Arc<Mutex<FakeState>>,
     events: broadcast::Sender<ExitEvent>,
 }
 
 impl Default for FakeShim {
     fn default() -> Self {
-        FakeShim { state: Mutex::default(), events: broadcast::channel(256).0 }
+        FakeShim { state: Arc::default(), events: broadcast::channel(256).0 }
     }
 }
 
@@ -64,7 +74,8 @@ impl FakeShim {
         lock(&self.state).calls.clone()
     }
 
-    /// What ExecSync answers from now on (default: exit 0, no output).
+    /// What ExecSync answers from now on, and what a streamed exec writes and exits with
+    /// (default: exit 0, no output).
     pub fn set_exec_result(&self, result: ExecSyncResult) {
         lock(&self.state).exec_result = result;
     }
@@ -114,6 +125,97 @@ impl FakeShim {
 
 fn not_found(id: &str) -> Error {
     Error::not_found(format!("container {id} not found"))
+}
+
+fn running<'a>(state: &'a FakeState, id: &str, what: &str) -> Result<&'a FakeContainer> {
+    let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
+    if c.state.status != ContainerStatus::Running {
+        return Err(Error::precondition(format!("cannot {what} container {id}: it is not running")));
+    }
+    Ok(c)
+}
+
+fn record(state: &Mutex<FakeState>, call: String) {
+    lock(state).calls.push(call);
+}
+
+async fn send(w: &mut (impl AsyncWrite + Unpin), frame: Frame) -> bool {
+    write_message(w, &proto::StreamFrame { frame: Some(frame) }).await.is_ok()
+}
+
+/// The next input frame; `None` when the client went away.
+async fn input(r: &mut (impl AsyncRead + Unpin)) -> Option<Frame> {
+    read_message::<_, proto::StreamFrame>(r).await.ok().flatten().and_then(|f| f.frame)
+}
+
+/// The scripted exec'd process (see the module doc), on the shim's end of the pipe.
+async fn fake_exec(
+    end: DuplexStream,
+    state: Arc<Mutex<FakeState>>,
+    opts: ExecOptions,
+    result: ExecSyncResult,
+) {
+    let (mut r, mut w) = tokio::io::split(end);
+    let id = opts.id;
+    let with_stderr = opts.stderr && !opts.tty;
+    if opts.stdout && !result.stdout.is_empty() && !send(&mut w, Frame::Stdout(result.stdout)).await {
+        return record(&state, format!("exec_killed {id}"));
+    }
+    if opts.stdin {
+        loop {
+            match input(&mut r).await {
+                Some(Frame::Stdin(data)) => {
+                    if opts.stdout && !send(&mut w, Frame::Stdout(data)).await {
+                        return record(&state, format!("exec_killed {id}"));
+                    }
+                }
+                Some(Frame::Resize(s)) => record(&state, format!("resize {id} {}x{}", s.width, s.height)),
+                Some(Frame::StdinClose(_)) => break,
+                Some(_) => {}
+                None => return record(&state, format!("exec_killed {id}")),
+            }
+        }
+    }
+    let stderr = match with_stderr && !result.stderr.is_empty() {
+        true => send(&mut w, Frame::Stderr(result.stderr)).await,
+        false => true,
+    };
+    let exit = proto::StreamExit { exit_code: result.exit_code };
+    if !stderr || !send(&mut w, Frame::Exit(exit)).await {
+        record(&state, format!("exec_killed {id}"));
+    }
+}
+
+/// The scripted attached container (see the module doc).
+async fn fake_attach(
+    end: DuplexStream,
+    state: Arc<Mutex<FakeState>>,
+    opts: AttachOptions,
+    mut exited: watch::Receiver<Option<ExitEvent>>,
+) {
+    let (mut r, mut w) = tokio::io::split(end);
+    let id = opts.id;
+    loop {
+        tokio::select! {
+            frame = input(&mut r) => match frame {
+                Some(Frame::Stdin(data)) if opts.stdin && opts.stdout => {
+                    if !send(&mut w, Frame::Stdout(data)).await {
+                        return record(&state, format!("detach {id}"));
+                    }
+                }
+                Some(Frame::Resize(s)) => record(&state, format!("resize {id} {}x{}", s.width, s.height)),
+                Some(Frame::StdinClose(_)) => record(&state, format!("close_stdin {id}")),
+                Some(_) => {}
+                None => return record(&state, format!("detach {id}")),
+            },
+            code = async { exited.wait_for(Option::is_some).await.ok().and_then(|e| e.as_ref().map(|e| e.exit_code)) } => {
+                if let Some(exit_code) = code {
+                    send(&mut w, Frame::Exit(proto::StreamExit { exit_code })).await;
+                }
+                return;
+            }
+        }
+    }
 }
 
 impl ShimApi for FakeShim {
@@ -221,6 +323,31 @@ impl ShimApi for FakeShim {
                 )));
             }
             Ok(state.exec_result.clone())
+        })
+    }
+
+    fn exec_stream<'a>(&'a self, opts: &'a ExecOptions) -> BoxFuture<'a, Result<ProcessStream>> {
+        Box::pin(async move {
+            let state = self.enter("exec_stream", opts.id.clone())?;
+            let pid = running(&state, &opts.id, "exec in")?.state.pid + 100;
+            let result = state.exec_result.clone();
+            drop(state);
+            let (ours, theirs) = tokio::io::duplex(64 << 10);
+            tokio::spawn(fake_exec(theirs, self.state.clone(), opts.clone(), result));
+            let (r, w) = tokio::io::split(ours);
+            Ok(ProcessStream::new(pid, r, w, format!("exec in container {}", opts.id)))
+        })
+    }
+
+    fn attach<'a>(&'a self, opts: &'a AttachOptions) -> BoxFuture<'a, Result<ProcessStream>> {
+        Box::pin(async move {
+            let state = self.enter("attach", opts.id.clone())?;
+            let exited = running(&state, &opts.id, "attach to")?.exited.subscribe();
+            drop(state);
+            let (ours, theirs) = tokio::io::duplex(64 << 10);
+            tokio::spawn(fake_attach(theirs, self.state.clone(), opts.clone(), exited));
+            let (r, w) = tokio::io::split(ours);
+            Ok(ProcessStream::new(0, r, w, format!("attach to container {}", opts.id)))
         })
     }
 
@@ -384,6 +511,49 @@ mod tests {
         let exit = shim.wait("c").await.unwrap();
         assert_eq!((exit.exit_code, exit.id.as_str()), (3, "c"));
         assert!(shim.calls().contains(&"update c {}".to_string()));
+    }
+
+    #[tokio::test]
+    async fn streamed_exec_echoes_exits_and_dies_with_its_client() {
+        use crate::task::StreamOutput;
+        let shim = FakeShim::new();
+        shim.create(&create("c")).await.unwrap();
+        let opts = ExecOptions {
+            id: "c".into(),
+            process_json: b"{}".to_vec(),
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        };
+        assert_eq!(shim.exec_stream(&opts).await.err().unwrap().kind(), ErrorKind::FailedPrecondition);
+        shim.start("c").await.unwrap();
+        shim.set_exec_result(ExecSyncResult { exit_code: 3, stderr: b"bye".to_vec(), ..Default::default() });
+        let mut s = shim.exec_stream(&opts).await.unwrap();
+        s.sender.stdin(b"hello").await.unwrap();
+        s.sender.resize(80, 24).await.unwrap();
+        assert_eq!(s.receiver.next().await.unwrap(), Some(StreamOutput::Stdout(b"hello".to_vec())));
+        s.sender.close_stdin().await.unwrap();
+        assert_eq!(s.receiver.next().await.unwrap(), Some(StreamOutput::Stderr(b"bye".to_vec())));
+        assert_eq!(s.receiver.next().await.unwrap(), Some(StreamOutput::Exit(3)));
+        assert_eq!(s.receiver.next().await.unwrap(), None);
+
+        let s = shim.exec_stream(&opts).await.unwrap();
+        drop(s);
+        let start = std::time::Instant::now();
+        while !shim.calls().contains(&"exec_killed c".to_string()) {
+            assert!(start.elapsed() < Duration::from_secs(5), "{:?}", shim.calls());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(shim.calls().contains(&"resize c 80x24".to_string()));
+
+        let attach = AttachOptions { id: "c".into(), stdin: true, stdout: true, stderr: false, tty: false };
+        let mut a = shim.attach(&attach).await.unwrap();
+        a.sender.stdin(b"line\n").await.unwrap();
+        assert_eq!(a.receiver.next().await.unwrap(), Some(StreamOutput::Stdout(b"line\n".to_vec())));
+        shim.exit("c", 137);
+        assert_eq!(a.receiver.next().await.unwrap(), Some(StreamOutput::Exit(137)));
+        assert_eq!(shim.attach(&attach).await.err().unwrap().kind(), ErrorKind::FailedPrecondition);
     }
 
     #[tokio::test]

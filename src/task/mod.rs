@@ -8,6 +8,7 @@
 
 mod client;
 mod fake;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use futures_util::future::BoxFuture;
 
 pub use client::{ShimClient, launch};
 pub use fake::{FakeShim, FakeShimLauncher};
+pub use stream::{ProcessStream, StreamOutput, StreamReceiver, StreamSender};
 
 use crate::error::Result;
 use crate::shim::{self, proto};
@@ -144,6 +146,35 @@ pub struct ExecSyncResult {
     pub timed_out: bool,
 }
 
+/// A process to run in a running container with its stdio streamed ([`ShimApi::exec_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// The container to run the process in.
+    pub id: String,
+    /// The OCI process object (config.json's `process`), as JSON; its `terminal` must equal `tty`.
+    pub process_json: Vec<u8>,
+    /// Run it on a new pty (its output all comes as stdout).
+    pub tty: bool,
+    /// Give it a stdin fed by the sender; otherwise it reads /dev/null.
+    pub stdin: bool,
+    /// Stream its stdout / stderr; otherwise they go to /dev/null.
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// Which of a running container's stdio to attach to ([`ShimApi::attach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// The container to attach to.
+    pub id: String,
+    /// Write to the container's stdin (ignored if it was created without one).
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Whether the container has a pty; a mismatch is an InvalidArgument.
+    pub tty: bool,
+}
+
 /// Who answers on a shim socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimInfo {
@@ -173,6 +204,11 @@ pub trait ShimApi: Send + Sync {
     fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitEvent>>;
     /// Runs a process to completion in a running container.
     fn exec_sync<'a>(&'a self, opts: &'a ExecSyncOptions) -> BoxFuture<'a, Result<ExecSyncResult>>;
+    /// Starts a process in a running container and streams its stdio until it exits; dropping the
+    /// stream before that kills it.
+    fn exec_stream<'a>(&'a self, opts: &'a ExecOptions) -> BoxFuture<'a, Result<ProcessStream>>;
+    /// Attaches to a running container's stdio until it exits; dropping the stream detaches.
+    fn attach<'a>(&'a self, opts: &'a AttachOptions) -> BoxFuture<'a, Result<ProcessStream>>;
     /// Updates resources from the OCI `linux.resources` JSON.
     fn update<'a>(&'a self, id: &'a str, resources_json: &'a [u8]) -> BoxFuture<'a, Result<()>>;
     /// Reopens the container's log path after the kubelet rotated it.
