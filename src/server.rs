@@ -93,6 +93,7 @@ pub struct Daemon {
     runtime: cri::runtime::RuntimeService,
     images: Arc<cri::image::ImageService>,
     admin: AdminService,
+    streams: Arc<crate::streaming::StreamServer>,
 }
 
 impl Daemon {
@@ -137,9 +138,12 @@ impl Daemon {
             metrics: metrics.clone(),
         })?;
         pods.recover().await;
-        let runtime = cri::runtime::RuntimeService::new(config.clone(), pods.clone(), metrics.clone());
+        let streams = Arc::new(stream_server(&config, pods.clone()).await?);
+        tracing::info!(address = %streams.addr(), "streaming server listening");
+        let runtime =
+            cri::runtime::RuntimeService::new(config.clone(), pods.clone(), metrics.clone(), streams.clone());
         let admin = AdminService::new(engine.clone(), metrics.clone());
-        Ok(Daemon { config, engine, pods, metrics, runtime, images, admin })
+        Ok(Daemon { config, engine, pods, metrics, runtime, images, admin, streams })
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls for at most
@@ -181,12 +185,22 @@ impl Daemon {
                 }
             });
         }
+        let (streams_stop_tx, streams_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let streams = self.streams.clone();
+        tokio::spawn(async move {
+            streams
+                .serve(async {
+                    let _ = streams_stop_rx.await;
+                })
+                .await
+        });
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             shutdown.await;
             let _ = signalled_tx.send(());
             let _ = stop_tx.send(());
             let _ = metrics_stop_tx.send(());
+            let _ = streams_stop_tx.send(());
         });
         let server = tonic::transport::Server::builder()
             .add_service(runtime)
@@ -209,6 +223,22 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The streaming server for Exec, Attach and PortForward on `[cri] stream_server_address` and
+/// `stream_server_port`, serving berth's pods.
+async fn stream_server(config: &Config, pods: Arc<Pods>) -> Result<crate::streaming::StreamServer> {
+    let ip: std::net::IpAddr =
+        config.cri.stream_server_address.parse().context("cri.stream_server_address")?;
+    let addr = std::net::SocketAddr::new(ip, config.cri.stream_server_port);
+    let tls = (!config.cri.stream_tls_cert.as_os_str().is_empty()).then(|| crate::streaming::TlsConfig {
+        cert_file: config.cri.stream_tls_cert.clone(),
+        key_file: config.cri.stream_tls_key.clone(),
+    });
+    let backend = Arc::new(cri::container_stream::PodStreams::new(pods));
+    crate::streaming::StreamServer::bind(addr, tls, backend, config.cri.stream_token_ttl)
+        .await
+        .with_context(|| format!("starting the streaming server on {addr}"))
 }
 
 /// A berth binary installed next to the running one (berthd finds berth-shim there), else `name`

@@ -61,7 +61,7 @@ impl Pods {
         match started {
             Ok(pid) => {
                 let now = now_nanos();
-                self.store.update_container(&id, |r| {
+                let rec = self.store.update_container(&id, |r| {
                     if r.state == ContainerState::Created {
                         r.state = ContainerState::Running;
                     }
@@ -74,10 +74,17 @@ impl Pods {
                     &sandbox.id,
                     super::api::ContainerEventType::ContainerStartedEvent,
                 ));
-                // An exit that raced the update above was dropped by on_exit: catch it.
-                if let Ok(s) = shim.state(&id).await
+                if rec.state == ContainerState::Exited {
+                    // on_exit recorded it while the start was in flight and left the event to us.
+                    self.emit(self.event(
+                        &id,
+                        &sandbox.id,
+                        super::api::ContainerEventType::ContainerStoppedEvent,
+                    ));
+                } else if let Ok(s) = shim.state(&id).await
                     && s.status == crate::task::ContainerStatus::Stopped
                 {
+                    // An exit the watcher has not delivered yet: record it now.
                     self.reconcile(&sandbox.id, &shim).await;
                 }
                 Ok(())

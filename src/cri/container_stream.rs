@@ -295,7 +295,8 @@ mod tests {
             ..Default::default()
         });
         let engine = Engine::open(EngineOptions::from_config(&config)).unwrap();
-        let images = Arc::new(ImageService::new(engine.clone(), &config));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let images = Arc::new(ImageService::new(engine.clone(), &config, metrics.clone()));
         let launcher = FakeShimLauncher::new();
         let pods = Pods::new(Deps {
             env: crate::cri::spec::detect_runtime_env(config.cri.cgroup_driver).unwrap(),
@@ -305,6 +306,7 @@ mod tests {
             network: Arc::new(FakeNetwork::new()),
             launcher: launcher.clone(),
             shim_binary: PathBuf::from("/nonexistent/berth-shim"),
+            metrics,
         })
         .unwrap();
         pods.store

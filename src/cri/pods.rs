@@ -310,8 +310,12 @@ impl Pods {
             }
         }
         for s in &states {
-            // Started by a StartContainer that berthd did not live to record.
-            if s.status == crate::task::ContainerStatus::Running && s.id != sandbox {
+            // Started by a StartContainer that berthd did not live to record (and maybe exited since).
+            if matches!(
+                s.status,
+                crate::task::ContainerStatus::Running | crate::task::ContainerStatus::Stopped
+            ) && s.id != sandbox
+            {
                 let _ = self.store.update_container(&s.id, |r| {
                     if r.state == ContainerState::Created {
                         r.state = ContainerState::Running;
@@ -351,7 +355,13 @@ impl Pods {
             return;
         }
         let message = self.termination_message(&ev.id);
-        let was_exited = self.store.container(&ev.id).is_none_or(|c| c.state == ContainerState::Exited);
+        // Still Created: StartContainer has not recorded the start yet (an instant exit raced it), or
+        // berthd died in between. The exit is recorded either way; its event is StartContainer's to
+        // send after STARTED, so that the kubelet never sees a container stop before it started.
+        let was_exited = self
+            .store
+            .container(&ev.id)
+            .is_none_or(|c| matches!(c.state, ContainerState::Exited | ContainerState::Created));
         let updated = self.store.update_container(&ev.id, |r| {
             if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
             {

@@ -1,7 +1,7 @@
 //! CRI RuntimeService: the node-level calls (Version, Status, RuntimeConfig, UpdateRuntimeConfig)
 //! here, every sandbox and container call dispatched to the pod runtime (`pods.rs` and the files of
-//! each RPC family). Streaming, stats, events and checkpoints answer Unimplemented until their issue
-//! lands, never a fake success.
+//! each RPC family). Exec, Attach and PortForward check their target and answer a single-use URL on
+//! the streaming server. Checkpoints answer Unimplemented, never a fake success.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,7 +14,9 @@ use super::api;
 use super::pods::Pods;
 use super::rpc;
 use crate::config::{CgroupDriver, Config};
+use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::streaming::{self, StreamServer};
 
 /// The CRI API version berth speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -25,11 +27,43 @@ pub struct RuntimeService {
     config: Arc<Config>,
     pods: Arc<Pods>,
     metrics: Arc<Metrics>,
+    streams: Arc<StreamServer>,
 }
 
 impl RuntimeService {
-    pub fn new(config: Arc<Config>, pods: Arc<Pods>, metrics: Arc<Metrics>) -> Self {
-        RuntimeService { config, pods, metrics }
+    pub fn new(
+        config: Arc<Config>,
+        pods: Arc<Pods>,
+        metrics: Arc<Metrics>,
+        streams: Arc<StreamServer>,
+    ) -> Self {
+        RuntimeService { config, pods, metrics, streams }
+    }
+
+    /// The ready sandbox a PortForward targets, and the ports it may reach.
+    fn port_forward_request(
+        &self,
+        r: api::PortForwardRequest,
+    ) -> crate::Result<streaming::PortForwardRequest> {
+        let id = self
+            .pods
+            .store
+            .resolve_sandbox(&r.pod_sandbox_id)?
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", r.pod_sandbox_id)))?;
+        if self.pods.store.sandbox(&id).is_none_or(|s| s.state != super::store::SandboxState::Ready) {
+            return Err(Error::precondition(format!("pod sandbox {id} is not ready")));
+        }
+        let ports = r
+            .port
+            .iter()
+            .map(|&p| {
+                u16::try_from(p)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| Error::invalid(format!("port {p} is not a valid port number")))
+            })
+            .collect::<crate::Result<Vec<u16>>>()?;
+        Ok(streaming::PortForwardRequest { pod_sandbox_id: id, ports })
     }
 
     async fn status_response(&self, verbose: bool) -> api::StatusResponse {
@@ -284,17 +318,47 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         let r = r.into_inner();
         rpc(&self.metrics, "ExecSync", &r.container_id.clone(), self.pods.exec_sync(r)).await
     }
-    async fn exec(&self, _r: Request<api::ExecRequest>) -> Result<Response<api::ExecResponse>, Status> {
-        unimplemented("Exec")
+    async fn exec(&self, r: Request<api::ExecRequest>) -> Result<Response<api::ExecResponse>, Status> {
+        let r = r.into_inner();
+        rpc(&self.metrics, "Exec", &r.container_id.clone(), async {
+            let rec = self.pods.running(&r.container_id)?;
+            let req = streaming::ExecRequest {
+                container_id: rec.id,
+                cmd: r.cmd,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            };
+            Ok(api::ExecResponse { url: self.streams.get_exec(req)? })
+        })
+        .await
     }
-    async fn attach(&self, _r: Request<api::AttachRequest>) -> Result<Response<api::AttachResponse>, Status> {
-        unimplemented("Attach")
+    async fn attach(&self, r: Request<api::AttachRequest>) -> Result<Response<api::AttachResponse>, Status> {
+        let r = r.into_inner();
+        rpc(&self.metrics, "Attach", &r.container_id.clone(), async {
+            let rec = self.pods.running(&r.container_id)?;
+            let req = streaming::AttachRequest {
+                container_id: rec.id,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            };
+            Ok(api::AttachResponse { url: self.streams.get_attach(req)? })
+        })
+        .await
     }
     async fn port_forward(
         &self,
-        _r: Request<api::PortForwardRequest>,
+        r: Request<api::PortForwardRequest>,
     ) -> Result<Response<api::PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let r = r.into_inner();
+        rpc(&self.metrics, "PortForward", &r.pod_sandbox_id.clone(), async {
+            let req = self.port_forward_request(r)?;
+            Ok(api::PortForwardResponse { url: self.streams.get_port_forward(req)? })
+        })
+        .await
     }
     async fn container_stats(
         &self,
