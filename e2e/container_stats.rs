@@ -4,8 +4,8 @@
 //! /dev/shm (charged to the writer's memory cgroup) grows the working set by about that much; a file
 //! written to the rootfs grows the writable layer; a pod's eth0 counts the traffic of a ping to its
 //! gateway; the pod's totals cover its containers. Filters by id, sandbox id and labels select what
-//! they name, an exited container is still listed (without CPU and memory), and unknown ids are
-//! NotFound.
+//! they name, created and exited containers are listed too (without CPU and memory), and unknown or
+//! removed ids are NotFound.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -142,18 +142,19 @@ async fn cpu_memory_layer_and_network_with_filters() {
     let idle = other.container("idle", &image).command(&["sleep", "100000"]).build();
     let idle = cri.create_start(&other_id, &other, idle).await.expect("container idle");
 
-    // CPU: the cumulative usage grows by most of a core per second; the rate needs two samples.
+    // CPU: the cumulative usage grows (by a fraction of a core at least: other work shares the CPUs);
+    // the rate needs two samples.
     let first = container_stats(&mut cri, &burn).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = container_stats(&mut cri, &burn).await;
     let (u1, u2) = (cpu_total(&first), cpu_total(&second));
-    assert!(u2 >= u1 + 500_000_000, "2 s of spinning added only {} ns of CPU", u2.saturating_sub(u1));
+    assert!(u2 >= u1 + 200_000_000, "2 s of spinning added only {} ns of CPU", u2.saturating_sub(u1));
     let cpu = second.cpu.as_ref().expect("cpu");
     assert!(cpu.timestamp > first.cpu.as_ref().expect("cpu").timestamp, "{first:?} then {second:?}");
     let rate = cpu.usage_nano_cores.as_ref().map(|v| v.value).unwrap_or(0);
     let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     assert!(
-        rate >= 200_000_000 && rate <= cores * 1_100_000_000,
+        rate >= 50_000_000 && rate <= cores * 1_100_000_000,
         "usage_nano_cores {rate} of a spinning container"
     );
     // The pod's CPU covers it.
@@ -167,7 +168,7 @@ async fn cpu_memory_layer_and_network_with_filters() {
     assert!(pod_total(&p1) >= u2, "the pod used less CPU ({}) than its container ({u2})", pod_total(&p1));
     assert!(pod_total(&p2) > pod_total(&p1), "{p1:?} then {p2:?}");
     let pod_rate = pod_cpu(&p2).usage_nano_cores.map(|v| v.value).unwrap_or(0);
-    assert!(pod_rate >= 200_000_000, "the pod's usage_nano_cores {pod_rate} with a spinning container");
+    assert!(pod_rate >= 50_000_000, "the pod's usage_nano_cores {pod_rate} with a spinning container");
     let containers: BTreeSet<String> = p2
         .linux
         .as_ref()
@@ -229,18 +230,24 @@ async fn cpu_memory_layer_and_network_with_filters() {
     cri.sh(&disk, &format!("ping -c 5 -i 0.2 -s 1000 -W 2 {gateway}")).await;
     let (rx1, tx1) = eth0(&pod_stats(&mut cri, &pod_id).await);
     assert!(
-        rx1 >= rx0 + 5000 && tx1 >= tx0 + 5000,
+        rx1 >= rx0 + 4000 && tx1 >= tx0 + 4000,
         "eth0 went from rx {rx0} tx {tx0} to rx {rx1} tx {tx1} after 5 KB of pings each way"
     );
     // The other pod has a network of its own that saw none of it.
     let (other_rx, other_tx) = eth0(&pod_stats(&mut cri, &other_id).await);
     assert!(other_rx < 5000 && other_tx < 5000, "the other pod's eth0: rx {other_rx} tx {other_tx}");
 
+    // A container created but not started is listed too (the kubelet's summary expects every
+    // listed container), with its layer and without CPU and memory.
+    let created = cri.create(&pod_id, &pod, sleeper("created")).await.expect("CreateContainer created");
+    let c = container_stats(&mut cri, &created).await;
+    assert!(c.cpu.is_none() && c.memory.is_none() && c.writable_layer.is_some(), "{c:?}");
+
     // Filters.
-    let all = set(&[&burn, &mem, &disk, &idle]);
+    let all = set(&[&burn, &mem, &disk, &created, &idle]);
     assert_eq!(listed_containers(&mut cri, ContainerStatsFilter::default()).await, all);
     let by_pod = |id: &str| ContainerStatsFilter { pod_sandbox_id: id.into(), ..Default::default() };
-    assert_eq!(listed_containers(&mut cri, by_pod(&pod_id)).await, set(&[&burn, &mem, &disk]));
+    assert_eq!(listed_containers(&mut cri, by_pod(&pod_id)).await, set(&[&burn, &mem, &disk, &created]));
     assert_eq!(listed_containers(&mut cri, by_pod(&other_id)).await, set(&[&idle]));
     let by_id = ContainerStatsFilter { id: mem.clone(), ..Default::default() };
     assert_eq!(listed_containers(&mut cri, by_id).await, set(&[&mem]));
