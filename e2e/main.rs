@@ -16,13 +16,16 @@ mod harness;
 mod berthctl;
 mod critest;
 
+mod container_events;
 mod container_exec_sync;
 mod container_exit_reasons;
 mod container_logs;
 mod container_readonly_rootfs;
+mod container_stats;
 mod container_stop_timeout;
 mod container_user_caps;
 mod kubelet_habits;
+mod metrics_endpoint;
 mod pod_churn;
 mod pod_failures;
 mod pod_host_network;

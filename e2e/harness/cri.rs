@@ -37,9 +37,21 @@ pub struct Cri {
 impl Cri {
     /// Connects to the CRI socket at `socket`.
     pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
+        Cri::connect_with_window(socket, None).await
+    }
+
+    /// Connects with an HTTP/2 receive window of `window` bytes per stream and per connection
+    /// (`None`: the default), e.g. a tiny one for a client that stops reading a stream and should
+    /// push back on berth at once.
+    pub async fn connect_with_window(
+        socket: &Path,
+        window: Option<u32>,
+    ) -> Result<Cri, tonic::transport::Error> {
         let socket: PathBuf = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector ignores it and dials the socket.
         let channel = Endpoint::try_from("http://[::]:50051")?
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move {

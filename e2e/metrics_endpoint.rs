@@ -1,0 +1,198 @@
+//! berthd's Prometheus endpoint (`[metrics] address`), scraped over plain HTTP after a pull, a failed
+//! pull, a pod started and torn down and a few other RPCs: per-RPC request counts by method and code
+//! (a NotFound among them), the latency histogram, pod start and teardown durations, image pull bytes,
+//! duration and errors, CNI setup and teardown latency, build info, and the running pods, containers
+//! and shims gauges, which follow the pods up and back down to zero.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::{ContainerStatusRequest, VersionRequest};
+use tonic::Code;
+
+use crate::harness::leaks::assert_back_to;
+use crate::harness::net::free_port;
+use crate::harness::{Berthd, Leaks, Registry, images};
+
+/// One scrape: the samples by series (`name{labels}` as exposed), plus the raw text for messages.
+struct Scrape {
+    text: String,
+    samples: HashMap<String, f64>,
+}
+
+impl Scrape {
+    /// The value of `series` (e.g. `berth_pods_running` or `x_count{method="Version"}`); panics with
+    /// the whole scrape if it is not exposed.
+    fn get(&self, series: &str) -> f64 {
+        *self.samples.get(series).unwrap_or_else(|| panic!("{series} is not exposed:\n{}", self.text))
+    }
+
+    /// Asserts that `series` is exposed with a value of at least `min`.
+    fn at_least(&self, series: &str, min: f64) {
+        let v = self.get(series);
+        assert!(v >= min, "{series} is {v}, expected at least {min}:\n{}", self.text);
+    }
+}
+
+/// GET /metrics over a plain TCP connection, retried while the endpoint is not up yet.
+fn scrape(port: u16) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("connecting to the metrics endpoint on 127.0.0.1:{port}: {e}"),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("sending the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reading the response");
+    let (head, body) =
+        response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP header end: {response}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
+    // axum answers `Connection: close` requests without chunking; decode chunks if it ever does.
+    let text = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|e| panic!("bad value in {l:?}: {e}"));
+            (series.to_string(), value)
+        })
+        .collect();
+    Scrape { text, samples }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or_else(|e| panic!("chunk size {size:?}: {e}"));
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// The request counter of `method` answered with `code`.
+fn requests(method: &str, code: &str) -> String {
+    format!("berth_grpc_requests_total{{code=\"{code}\",method=\"{method}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn families_count_what_happened() {
+    let reg = Registry::shared();
+    let port = free_port();
+    let mut berthd = Berthd::with_network();
+    berthd.trust(reg);
+    berthd.config.metrics.address = format!("127.0.0.1:{port}");
+    berthd.start();
+    let before = Leaks::of(&berthd);
+
+    // Before anything: the build info, and gauges at zero.
+    let s = scrape(port);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(s.get(&format!("berth_build_info{{version=\"{version}\"}}")), 1.0);
+    for gauge in ["berth_pods_running", "berth_containers_running", "berth_shims"] {
+        assert_eq!(s.get(gauge), 0.0, "{gauge}");
+    }
+
+    let mut cri = berthd.cri().await;
+    let busybox = &images().busybox;
+    let image = cri.pull(&busybox.reference(&reg.host())).await.expect("PullImage busybox");
+    let missing = format!("{}/berth-e2e/no-such-image:1", reg.host());
+    let err = cri.pull(&missing).await.expect_err("pulling an image the registry does not have");
+    let unknown = cri
+        .runtime
+        .container_status(ContainerStatusRequest { container_id: "0123456789abcdef".into(), verbose: false })
+        .await
+        .expect_err("ContainerStatus of an unknown id");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    for _ in 0..3 {
+        cri.runtime.version(VersionRequest::default()).await.expect("Version");
+    }
+
+    let pod = berthd.pod("metrics");
+    let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
+    let c = pod.container("main", &image).command(&["sleep", "100000"]).build();
+    cri.create_start(&pod_id, &pod, c).await.expect("container");
+
+    // While the pod runs: one of each.
+    let s = scrape(port);
+    assert_eq!(s.get("berth_pods_running"), 1.0);
+    assert_eq!(s.get("berth_containers_running"), 1.0);
+    assert_eq!(s.get("berth_shims"), 1.0);
+
+    cri.stop_remove_pod(&pod_id).await.expect("stop and remove the pod");
+    let s = scrape(port);
+    for gauge in ["berth_pods_running", "berth_containers_running", "berth_shims"] {
+        assert_eq!(s.get(gauge), 0.0, "{gauge} after the pod is gone");
+    }
+
+    // Requests by method and code, with their latency.
+    for method in [
+        "PullImage",
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ] {
+        s.at_least(&requests(method, "Ok"), 1.0);
+        s.at_least(&format!("berth_grpc_request_duration_seconds_count{{method=\"{method}\"}}"), 1.0);
+        s.at_least(
+            &format!("berth_grpc_request_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}}"),
+            1.0,
+        );
+    }
+    assert_eq!(s.get(&requests("Version", "Ok")), 3.0);
+    assert_eq!(s.get(&requests("ContainerStatus", "NotFound")), 1.0);
+    let failed_pulls: f64 = s
+        .samples
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("berth_grpc_requests_total{")
+                && k.contains("method=\"PullImage\"")
+                && !k.contains("code=\"Ok\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        failed_pulls, 1.0,
+        "the failed pull ({err:?}) is not counted under an error code:\n{}",
+        s.text
+    );
+    assert!(s.get("berth_grpc_request_duration_seconds_sum{method=\"RunPodSandbox\"}") > 0.0);
+
+    // Pods: one start, a stop and a remove.
+    assert_eq!(s.get("berth_pod_start_duration_seconds_count"), 1.0);
+    assert!(s.get("berth_pod_start_duration_seconds_sum") > 0.0);
+    s.at_least("berth_pod_teardown_duration_seconds_count", 1.0);
+    assert!(s.get("berth_pod_teardown_duration_seconds_sum") > 0.0);
+
+    // Images: the pull's bytes (at least its layers) and duration; the failed one as an error.
+    s.at_least("berth_image_pull_bytes_total", busybox.layer_bytes() as f64);
+    assert_eq!(s.get("berth_image_pull_duration_seconds_count"), 1.0);
+    assert!(s.get("berth_image_pull_duration_seconds_sum") > 0.0);
+    assert_eq!(s.get("berth_image_pull_errors_total"), 1.0);
+
+    // CNI: one setup, at least one teardown.
+    assert_eq!(s.get("berth_cni_duration_seconds_count{operation=\"setup\"}"), 1.0);
+    s.at_least("berth_cni_duration_seconds_count{operation=\"teardown\"}", 1.0);
+    assert!(s.get("berth_cni_duration_seconds_sum{operation=\"setup\"}") > 0.0);
+
+    assert_back_to(&berthd, &before);
+}
