@@ -3,7 +3,6 @@
 //! whoever records, never a process global; gauges that describe current state (pods, containers,
 //! shims) are filled in at scrape time by a callback, so they can never drift from the truth.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
@@ -144,14 +143,14 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `addr` until `shutdown`; `refresh` runs before each scrape.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     refresh: Arc<dyn Fn(&Metrics) + Send + Sync>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.context(|| format!("binding metrics address {addr}"))?;
-    tracing::info!(%addr, "metrics endpoint serving");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint serving");
+    }
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -193,12 +192,11 @@ mod tests {
     #[tokio::test]
     async fn endpoint_serves_text_format() {
         let m = Arc::new(Metrics::new());
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> = Arc::new(|m: &Metrics| m.pods_running.set(3));
-        let task = tokio::spawn(serve(addr, m, refresh, async move {
+        let task = tokio::spawn(serve(listener, m, refresh, async move {
             let _ = rx.await;
         }));
         let mut body = String::new();

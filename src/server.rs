@@ -172,6 +172,10 @@ impl Daemon {
         if !self.config.metrics.address.is_empty() {
             let addr: std::net::SocketAddr =
                 self.config.metrics.address.parse().context("metrics.address")?;
+            // As containerd: a metrics address that cannot be served stops berthd.
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics.address {addr}"))?;
             let pods = self.pods.clone();
             let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> =
                 Arc::new(move |m: &Metrics| pods.refresh_gauges(m));
@@ -180,7 +184,7 @@ impl Daemon {
                 let stop = async {
                     let _ = metrics_stop_rx.await;
                 };
-                if let Err(e) = crate::metrics::serve(addr, metrics, refresh, stop).await {
+                if let Err(e) = crate::metrics::serve(listener, metrics, refresh, stop).await {
                     tracing::error!(error = %e, "metrics endpoint");
                 }
             });
