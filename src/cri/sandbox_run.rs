@@ -155,16 +155,21 @@ impl Pods {
         } else {
             config.hostname.clone()
         };
-        let netns = if host_net {
-            None
-        } else {
-            let (ns_dir, sid) = (self.paths.netns.clone(), id.to_string());
-            Some(blocking(move || crate::network::netns::create(&ns_dir, &sid)).await?)
+        // The namespace's path is known before it exists: the shim's launch and the pause's bundle
+        // go ahead while it is made; only running the pause waits for it.
+        let netns = (!host_net).then(|| self.paths.netns(id));
+        let (netns_made, netns_ready) = tokio::sync::oneshot::channel();
+        let network = async {
+            if !host_net {
+                let (ns_dir, sid) = (self.paths.netns.clone(), id.to_string());
+                blocking(move || crate::network::netns::create(&ns_dir, &sid)).await?;
+            }
+            let _ = netns_made.send(());
+            self.attach_network(id, config, netns.clone(), &hostname).await
         };
-        let (network, pause) = tokio::join!(
-            self.attach_network(id, config, netns.clone(), &hostname),
-            self.start_pause(id, config, handler_name, handler, image, netns, &hostname),
-        );
+        let pause =
+            self.start_pause(id, config, handler_name, handler, image, netns.clone(), &hostname, netns_ready);
+        let (network, pause) = tokio::join!(network, pause);
         let (ips, pid) = (network?, pause?);
         self.store.update_sandbox(id, |r| {
             r.ips = ips;
@@ -201,7 +206,8 @@ impl Pods {
     }
 
     /// The pod's files the pause needs, its /dev/shm, the pause's rootfs and spec, and meanwhile
-    /// the pod's shim; then the pause is created and started in the shim. Returns its pid.
+    /// the pod's shim; then, once `netns_ready` says the namespace exists, the pause is created and
+    /// started in the shim. Returns its pid.
     #[allow(clippy::too_many_arguments)]
     async fn start_pause(
         self: &Arc<Self>,
@@ -212,6 +218,7 @@ impl Pods {
         image: &crate::engine::image::store::ImageInfo,
         netns: Option<std::path::PathBuf>,
         hostname: &str,
+        netns_ready: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<u32> {
         let started = std::time::Instant::now();
         let launch = async {
@@ -254,6 +261,9 @@ impl Pods {
         let (shim, bundle) = tokio::join!(launch, bundle);
         let shim = shim?;
         bundle?;
+        netns_ready.await.map_err(|_| {
+            Error::unavailable(format!("pod sandbox {id}: its network namespace was not made"))
+        })?;
         let opts = CreateOptions {
             id: id.to_string(),
             bundle: self.paths.bundle(id),
