@@ -1,8 +1,10 @@
-//! RunPodSandbox: the network namespace first (bind-mounted under `state`), then CNI ADD, the pod's
-//! files (hostname, hosts, resolv.conf) and /dev/shm, the pause container's rootfs and spec, the
-//! pod's shim, and the pause container joined to the namespace. The record is written before any of
-//! it ("creating"), so a berthd that dies half way rolls it back at its next start; a failure rolls
-//! back every step here, each under its own deadline.
+//! RunPodSandbox: two branches run concurrently, as pod start latency is their longer one, not their
+//! sum. The network: the namespace (bind-mounted under `state`), CNI ADD into it, then the hosts
+//! file (it names the pod's address). The pause: the pod's shim launches while its files
+//! (hostname, resolv.conf), /dev/shm, rootfs and spec are made; once the namespace exists the pause
+//! is created and started in one runtime call, joining the namespace by path. The record is written
+//! before any of it ("creating"), so a berthd that dies half way rolls it back at its next start; a
+//! failure of either branch rolls back every step of both, once both have finished.
 
 use std::sync::Arc;
 
