@@ -111,13 +111,14 @@ async fn failing_runtime_leaves_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let mut berthd = Berthd::with_network();
     let script = berthd.dir().join("broken-runtime.sh");
-    // Every runtime command but `create` goes to runc, so cleanup (delete, state) works as usual.
+    // Every runtime command but `create` (and `run`, create and start at once) goes to runc, so
+    // cleanup (delete, state) works as usual.
     // `create` fails the way runc does: an error record in the `--log` file (JSON) and exit 1.
     let fake = r#"#!/bin/sh
 log=/dev/null; prev=
 for a in "$@"; do
   [ "$prev" = --log ] && log=$a
-  if [ "$a" = create ]; then
+  if [ "$a" = create ] || [ "$a" = run ]; then
     echo '{"level":"error","msg":"broken runtime: create refused","time":"2025-01-01T00:00:00Z"}' >> "$log"
     exit 1
   fi

@@ -64,6 +64,15 @@ impl Pod {
         self.tmp.path().join(format!("{id}.log"))
     }
 
+    /// Writes a bundle for `args` (no tty), returning the options to create it with.
+    fn bundle(&mut self, id: &str, args: &[&str]) -> CreateOptions {
+        let bundle = self.tmp.path().join("bundles").join(id);
+        let spec = bundle_spec(&bundle, args, &cgroup_name(self, id));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        self.created.push(id.to_string());
+        CreateOptions { id: id.into(), bundle, stdin: false, tty: false, log_path: Some(self.log_path(id)) }
+    }
+
     /// Writes a bundle for `args` and creates the container from it.
     async fn create(&mut self, id: &str, args: &[&str], tweak: impl FnOnce(&mut serde_json::Value)) -> u32 {
         let bundle = self.tmp.path().join("bundles").join(id);
@@ -347,6 +356,36 @@ async fn quick_exit_of_true_is_reported() {
     let event = events.next().await.unwrap().unwrap();
     assert_eq!((event.id.as_str(), event.pid, event.exit_code), ("never", pid, 137));
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[tokio::test]
+async fn run_creates_and_starts_in_one_call() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    let mut events = pod.client.events().await.unwrap();
+    let opts = pod.bundle("r", &["sh", "-c", "echo hi; exit 3"]);
+    let pid = pod.client.run(&opts).await.unwrap();
+    assert!(pid > 0);
+    // Running or already exited: never merely created, so Start is refused.
+    assert_ne!(pod.client.state("r").await.unwrap().status, ContainerStatus::Created);
+    assert_eq!(pod.client.start("r").await.unwrap_err().kind(), ErrorKind::FailedPrecondition);
+    let exit = pod.client.wait("r").await.unwrap();
+    assert_eq!((exit.pid, exit.exit_code), (pid, 3));
+    assert_eq!(events.next().await.unwrap().unwrap(), exit);
+    assert_eq!(pod.log("r"), ["stdout F hi"]);
+    let state = pod.client.state("r").await.unwrap();
+    assert!(state.started_at.is_some() && state.exited_at >= state.started_at);
+    pod.client.delete("r").await.unwrap();
+
+    // A command that cannot run fails the call with the runtime's message and leaves nothing.
+    let opts = pod.bundle("bad", &["/nope"]);
+    let err = pod.client.run(&opts).await.unwrap_err();
+    assert!(err.to_string().contains("/nope"), "{err}");
+    assert_eq!(pod.client.state("bad").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!pod.dir().join("containers/bad").exists());
+    assert!(pod.client.list().await.unwrap().is_empty());
 }
 
 #[tokio::test]

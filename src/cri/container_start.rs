@@ -1,5 +1,5 @@
-//! StartContainer: the runtime creates the container in the pod's shim from its bundle, then starts
-//! it. A failure (a missing command, a bad mount) leaves the container exited with reason
+//! StartContainer: the runtime creates the container in the pod's shim from its bundle and starts
+//! it, in one runtime call. A failure (a missing command, a bad mount) leaves the container exited with reason
 //! "StartError" and the runtime's message, as containerd reports it to the kubelet.
 
 use std::sync::Arc;
@@ -53,11 +53,7 @@ impl Pods {
             tty: rec.config.tty,
             log_path: rec.log_path.clone(),
         };
-        let started = async {
-            shim.create(&opts).await?;
-            shim.start(&id).await
-        }
-        .await;
+        let started = shim.run(&opts).await;
         match started {
             Ok(pid) => {
                 let now = now_nanos();

@@ -45,26 +45,26 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).context(|| format!("renaming {}", path.display()))
 }
 
-/// Writes hostname, hosts and resolv.conf for a sandbox into `dir`.
-pub fn write_sandbox_files(
-    dir: &Path,
-    hostname: &str,
-    host_network: bool,
-    ip: Option<&str>,
-    dns: Option<&api::DnsConfig>,
-) -> Result<()> {
+/// Writes hostname and resolv.conf for a sandbox into `dir`: what the pause container needs, known
+/// before the pod has an address.
+pub fn write_sandbox_files(dir: &Path, hostname: &str, dns: Option<&api::DnsConfig>) -> Result<()> {
     write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
-    let hosts = if host_network {
-        std::fs::read("/etc/hosts").unwrap_or_default()
-    } else {
-        self::hosts(hostname, ip).into_bytes()
-    };
-    write_atomic(&dir.join("hosts"), &hosts)?;
     let resolv = match resolv_conf(dns) {
         r if r.is_empty() => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
         r => r.into_bytes(),
     };
     write_atomic(&dir.join("resolv.conf"), &resolv)
+}
+
+/// Writes a sandbox's hosts file into `dir`: the host's own for a host-network pod, else one
+/// naming the pod at `ip`. Only containers mount it, so it may come after the pause is up.
+pub fn write_hosts(dir: &Path, hostname: &str, host_network: bool, ip: Option<&str>) -> Result<()> {
+    let hosts = if host_network {
+        std::fs::read("/etc/hosts").unwrap_or_default()
+    } else {
+        self::hosts(hostname, ip).into_bytes()
+    };
+    write_atomic(&dir.join("hosts"), &hosts)
 }
 
 /// Mounts the pod's /dev/shm tmpfs at `path` (created if needed).
@@ -122,9 +122,11 @@ mod tests {
     #[test]
     fn sandbox_files_fall_back_to_the_host_resolv_conf() {
         let d = tempfile::tempdir().unwrap();
-        write_sandbox_files(d.path(), "pod", false, Some("10.0.0.2"), None).unwrap();
+        write_sandbox_files(d.path(), "pod", None).unwrap();
         assert_eq!(std::fs::read_to_string(d.path().join("hostname")).unwrap(), "pod\n");
         let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         assert_eq!(std::fs::read(d.path().join("resolv.conf")).unwrap(), host);
+        write_hosts(d.path(), "pod", false, Some("10.0.0.2")).unwrap();
+        assert!(std::fs::read_to_string(d.path().join("hosts")).unwrap().ends_with("10.0.0.2\tpod\n"));
     }
 }

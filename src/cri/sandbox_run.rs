@@ -1,8 +1,10 @@
-//! RunPodSandbox: the network namespace first (bind-mounted under `state`), then CNI ADD, the pod's
-//! files (hostname, hosts, resolv.conf) and /dev/shm, the pause container's rootfs and spec, the
-//! pod's shim, and the pause container joined to the namespace. The record is written before any of
-//! it ("creating"), so a berthd that dies half way rolls it back at its next start; a failure rolls
-//! back every step here, each under its own deadline.
+//! RunPodSandbox: two branches run concurrently, as pod start latency is their longer one, not their
+//! sum. The network: the namespace (bind-mounted under `state`), CNI ADD into it, then the hosts
+//! file (it names the pod's address). The pause: the pod's shim launches while its files
+//! (hostname, resolv.conf), /dev/shm, rootfs and spec are made; once the namespace exists the pause
+//! is created and started in one runtime call, joining the namespace by path. The record is written
+//! before any of it ("creating"), so a berthd that dies half way rolls it back at its next start; a
+//! failure of either branch rolls back every step of both, once both have finished.
 
 use std::sync::Arc;
 
@@ -108,14 +110,17 @@ impl Pods {
     ) -> Result<()> {
         let started = std::time::Instant::now();
         let image = self.images.ensure_sandbox_image().await?;
+        // The namespace's path is known up front, so the intent to create and attach it is part of
+        // the first record (a rollback of a namespace never made is harmless: DEL is idempotent).
+        let netns = (!host_network(&config)).then(|| self.paths.netns(id));
         self.store.put_sandbox(SandboxRecord {
             id: id.to_string(),
             config: config.clone(),
             runtime_handler: handler_name.to_string(),
             state: SandboxState::Creating,
             created_at: now_nanos(),
-            netns: None,
-            network_attached: false,
+            network_attached: netns.is_some(),
+            netns,
             ips: Vec::new(),
             pid: 0,
             image: self.config.cri.sandbox_image.clone(),
@@ -133,6 +138,9 @@ impl Pods {
         }
     }
 
+    /// Once the network namespace exists, CNI ADD and the pause container (which joins the
+    /// namespace by path, and needs no address) run concurrently. Both are awaited to the end
+    /// before a failure of either is returned, so the rollback never races a step in flight.
     async fn build_sandbox(
         self: &Arc<Self>,
         id: &str,
@@ -144,66 +152,120 @@ impl Pods {
         let dir = self.paths.sandbox_dir(id);
         std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
         let host_net = host_network(config);
-
-        // The network namespace and CNI. Intent is recorded first so recovery can undo it.
-        let mut ips: Vec<String> = Vec::new();
-        let mut netns = None;
-        if !host_net {
-            let (ns_dir, sid) = (self.paths.netns.clone(), id.to_string());
-            let path = blocking(move || crate::network::netns::create(&ns_dir, &sid)).await?;
-            netns = Some(path.clone());
-            self.store.update_sandbox(id, |r| {
-                r.netns = Some(path.clone());
-                r.network_attached = true;
-            })?;
-            let started = std::time::Instant::now();
-            let status = self.network.setup(&pod_network(id, config, Some(path))?).await?;
-            self.metrics.cni_duration.with_label_values(&["setup"]).observe(started.elapsed().as_secs_f64());
-            ips = status.ips.iter().map(|ip| ip.to_string()).collect();
-            let ips2 = ips.clone();
-            self.store.update_sandbox(id, |r| r.ips = ips2)?;
-        }
-
         let hostname = if host_net {
             nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
         } else {
             config.hostname.clone()
         };
-        {
-            let (dir, hostname, ip, dns) =
-                (dir.clone(), hostname.clone(), ips.first().cloned(), config.dns_config.clone());
-            blocking(move || {
-                super::files::write_sandbox_files(&dir, &hostname, host_net, ip.as_deref(), dns.as_ref())
-            })
-            .await?;
+        // The namespace's path is known before it exists: the shim's launch and the pause's bundle
+        // go ahead while it is made; only running the pause waits for it.
+        let netns = (!host_net).then(|| self.paths.netns(id));
+        let (netns_made, netns_ready) = tokio::sync::oneshot::channel();
+        let network = async {
+            if !host_net {
+                let (ns_dir, sid) = (self.paths.netns.clone(), id.to_string());
+                blocking(move || crate::network::netns::create(&ns_dir, &sid)).await?;
+            }
+            let _ = netns_made.send(());
+            self.attach_network(id, config, netns.clone(), &hostname).await
+        };
+        let pause =
+            self.start_pause(id, config, handler_name, handler, image, netns.clone(), &hostname, netns_ready);
+        let (network, pause) = tokio::join!(network, pause);
+        let (ips, pid) = (network?, pause?);
+        self.store.update_sandbox(id, |r| {
+            r.ips = ips;
+            r.state = SandboxState::Ready;
+            r.pid = pid;
+        })?;
+        self.emit(self.event(id, id, api::ContainerEventType::ContainerCreatedEvent));
+        self.emit(self.event(id, id, api::ContainerEventType::ContainerStartedEvent));
+        Ok(())
+    }
+
+    /// CNI ADD into the pod's namespace (none for a host-network pod), then the hosts file, which
+    /// names the pod's first address. Returns the pod's addresses.
+    async fn attach_network(
+        &self,
+        id: &str,
+        config: &api::PodSandboxConfig,
+        netns: Option<std::path::PathBuf>,
+        hostname: &str,
+    ) -> Result<Vec<String>> {
+        let mut ips = Vec::new();
+        if let Some(path) = netns {
+            let started = std::time::Instant::now();
+            let status = self.network.setup(&pod_network(id, config, Some(path))?).await?;
+            let elapsed = started.elapsed();
+            self.metrics.cni_duration.with_label_values(&["setup"]).observe(elapsed.as_secs_f64());
+            tracing::debug!(sandbox = id, ?elapsed, "pod network attached");
+            ips = status.ips.iter().map(|ip| ip.to_string()).collect();
         }
-        let shm = if host_ipc(config) {
-            None
-        } else {
-            let shm = dir.join("shm");
-            super::files::mount_shm(&shm)?;
-            Some(shm)
-        };
+        let (dir, hostname, ip) = (self.paths.sandbox_dir(id), hostname.to_string(), ips.first().cloned());
+        let host_net = host_network(config);
+        blocking(move || super::files::write_hosts(&dir, &hostname, host_net, ip.as_deref())).await?;
+        Ok(ips)
+    }
 
-        // The pause container's rootfs and spec.
-        let rootfs = self.prepare_rootfs(id, image).await?;
-        let ctx = SandboxContext {
-            id: id.to_string(),
-            netns,
-            pause_pid: None,
-            hostname,
-            hostname_path: dir.join("hostname"),
-            hosts_path: dir.join("hosts"),
-            resolv_conf_path: dir.join("resolv.conf"),
-            shm_path: shm,
-            cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+    /// The pod's files the pause needs, its /dev/shm, the pause's rootfs and spec, and meanwhile
+    /// the pod's shim; then, once `netns_ready` says the namespace exists, the pause is created and
+    /// started in the shim. Returns its pid.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_pause(
+        self: &Arc<Self>,
+        id: &str,
+        config: &api::PodSandboxConfig,
+        handler_name: &str,
+        handler: &RuntimeHandler,
+        image: &crate::engine::image::store::ImageInfo,
+        netns: Option<std::path::PathBuf>,
+        hostname: &str,
+        netns_ready: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<u32> {
+        let started = std::time::Instant::now();
+        let launch = async {
+            let shim = self.launcher.launch(&self.launch_options(id, handler_name, handler)).await?;
+            self.adopt_shim(id, shim.clone());
+            tracing::debug!(sandbox = id, elapsed = ?started.elapsed(), "pod shim launched");
+            Ok::<_, Error>(shim)
         };
-        let spec = spec::sandbox_spec(config, &ctx, &image.config, &rootfs, &self.env)?;
-        self.write_spec(id, &spec)?;
-
-        // The pod's shim, and the pause in it.
-        let shim = self.launcher.launch(&self.launch_options(id, handler_name, handler)).await?;
-        self.adopt_shim(id, shim.clone());
+        let bundle = async {
+            let dir = self.paths.sandbox_dir(id);
+            {
+                let (dir, hostname, dns) = (dir.clone(), hostname.to_string(), config.dns_config.clone());
+                blocking(move || super::files::write_sandbox_files(&dir, &hostname, dns.as_ref())).await?;
+            }
+            let shm = if host_ipc(config) {
+                None
+            } else {
+                let shm = dir.join("shm");
+                super::files::mount_shm(&shm)?;
+                Some(shm)
+            };
+            let rootfs = self.prepare_rootfs(id, image).await?;
+            let ctx = SandboxContext {
+                id: id.to_string(),
+                netns,
+                pause_pid: None,
+                hostname: hostname.to_string(),
+                hostname_path: dir.join("hostname"),
+                hosts_path: dir.join("hosts"),
+                resolv_conf_path: dir.join("resolv.conf"),
+                shm_path: shm,
+                cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+            };
+            let spec = spec::sandbox_spec(config, &ctx, &image.config, &rootfs, &self.env)?;
+            self.write_spec(id, &spec)?;
+            tracing::debug!(sandbox = id, elapsed = ?started.elapsed(), "pause bundle written");
+            Ok::<_, Error>(())
+        };
+        // Both run to the end (no cancellation of a launch half done), then the first error wins.
+        let (shim, bundle) = tokio::join!(launch, bundle);
+        let shim = shim?;
+        bundle?;
+        netns_ready.await.map_err(|_| {
+            Error::unavailable(format!("pod sandbox {id}: its network namespace was not made"))
+        })?;
         let opts = CreateOptions {
             id: id.to_string(),
             bundle: self.paths.bundle(id),
@@ -211,15 +273,9 @@ impl Pods {
             tty: false,
             log_path: None,
         };
-        shim.create(&opts).await?;
-        let pid = shim.start(id).await?;
-        self.store.update_sandbox(id, |r| {
-            r.state = SandboxState::Ready;
-            r.pid = pid;
-        })?;
-        self.emit(self.event(id, id, api::ContainerEventType::ContainerCreatedEvent));
-        self.emit(self.event(id, id, api::ContainerEventType::ContainerStartedEvent));
-        Ok(())
+        let pid = shim.run(&opts).await?;
+        tracing::debug!(sandbox = id, elapsed = ?started.elapsed(), "pause started");
+        Ok(pid)
     }
 
     /// Prepares the snapshot of a sandbox's or container's rootfs from `image` and mounts it at

@@ -46,7 +46,9 @@ impl Pods {
     /// Kills the pause container (if its shim still answers) and waits for it.
     async fn stop_pause(self: &Arc<Self>, id: &str) -> Result<()> {
         let Some(rec) = self.store.sandbox(id) else { return Ok(()) };
-        if rec.pid == 0 && rec.state != SandboxState::Ready {
+        // A sandbox still being created records no pid even when its pause already runs (the
+        // pause starts while CNI is in flight): only a stopped one is known to have none.
+        if rec.pid == 0 && rec.state == SandboxState::NotReady {
             return Ok(());
         }
         let Ok(shim) = self.shim(id).await else { return Ok(()) };

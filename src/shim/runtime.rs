@@ -100,6 +100,7 @@ impl RuntimeDriver {
         };
 
         let (tx, mut rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         let child = cmd.spawn().context_kind(ErrorKind::FailedPrecondition, || {
             format!("{what}: running {}", self.binary.display())
         })?;
@@ -124,6 +125,7 @@ impl RuntimeDriver {
                 ));
             }
         };
+        tracing::debug!(verb, code = exit.code, elapsed = ?started.elapsed(), "runtime call finished");
         if exit.code == 0 {
             return Ok(());
         }

@@ -527,8 +527,10 @@ impl Shim {
         let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
         let log = Arc::new(Mutex::new(LogFile::open(log_path.as_deref()).map_err(|e| e.context(&what))?));
         let pid_file = dir.join("init.pid");
-        let mut args =
-            vec![os("create"), os("--bundle"), bundle.as_os_str(), os("--pid-file"), pid_file.as_os_str()];
+        let mut args = if req.start { vec![os("run"), os("--detach")] } else { vec![os("create")] };
+        args.extend([os("--bundle"), bundle.as_os_str(), os("--pid-file"), pid_file.as_os_str()]);
+        // Taken before the runtime runs, as in `start`.
+        let started_at = req.start.then(SystemTime::now);
 
         // Held until the init's pid is watched, so that an early exit is kept for it.
         let start = StartGuard::new(&self.reaper);
@@ -594,9 +596,9 @@ impl Shim {
             id: id.clone(),
             dir: dir.to_path_buf(),
             pid,
-            status: RecordedStatus::Created,
+            status: if req.start { RecordedStatus::Running } else { RecordedStatus::Created },
             created_at: SystemTime::now(),
-            started_at: None,
+            started_at,
             exit: None,
             exiting: false,
             log,
@@ -616,7 +618,7 @@ impl Shim {
         if let Some((_, exit)) = early {
             self.container_exited(&id, exit);
         }
-        tracing::info!(id, pid, "container created");
+        tracing::info!(id, pid, started = req.start, "container created");
         Ok(pid)
     }
 

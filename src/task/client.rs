@@ -131,7 +131,17 @@ impl ShimClient {
 
     /// Creates a container; returns its init's pid.
     pub async fn create(&self, opts: &CreateOptions) -> Result<u32> {
+        self.create_call(opts, false).await
+    }
+
+    /// Creates and starts a container in one call; returns its init's pid.
+    pub async fn run(&self, opts: &CreateOptions) -> Result<u32> {
+        self.create_call(opts, true).await
+    }
+
+    async fn create_call(&self, opts: &CreateOptions, start: bool) -> Result<u32> {
         let req = proto::CreateRequest {
+            start,
             id: opts.id.clone(),
             bundle: opts.bundle.to_string_lossy().into_owned(),
             stdin: opts.stdin,
@@ -362,6 +372,9 @@ impl ShimApi for ShimClient {
     }
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32>> {
         Box::pin(ShimClient::start(self, id))
+    }
+    fn run<'a>(&'a self, opts: &'a CreateOptions) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(ShimClient::run(self, opts))
     }
     fn kill<'a>(&'a self, id: &'a str, signal: i32, all: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(ShimClient::kill(self, id, signal, all))

@@ -192,6 +192,14 @@ pub trait ShimApi: Send + Sync {
     fn create<'a>(&'a self, opts: &'a CreateOptions) -> BoxFuture<'a, Result<u32>>;
     /// Starts a created container; returns its init's pid.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32>>;
+    /// Creates and starts a container; returns its init's pid. The real shim does both in one
+    /// runtime call; this default (for fakes) calls `create` then `start`.
+    fn run<'a>(&'a self, opts: &'a CreateOptions) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(async move {
+            self.create(opts).await?;
+            self.start(&opts.id).await
+        })
+    }
     /// Signals the container's init, or all its processes; a stopped container is not an error.
     fn kill<'a>(&'a self, id: &'a str, signal: i32, all: bool) -> BoxFuture<'a, Result<()>>;
     /// Deletes the container (killing it if needed) and forgets it; unknown ids are not an error.

@@ -160,7 +160,10 @@ impl Db {
         let wtx = WriteTx { inner: tx };
         match f(&wtx) {
             Ok(v) => {
+                let t = std::time::Instant::now();
                 wtx.inner.commit().context(db_err("committing transaction"))?;
+                // Each commit syncs the file: several ms on slow disks, so callers count them.
+                tracing::debug!(elapsed = ?t.elapsed(), "transaction committed");
                 Ok(v)
             }
             Err(e) => {
