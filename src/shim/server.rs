@@ -47,6 +47,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_DRAIN: Duration = Duration::from_secs(2);
 /// How long Delete waits for a killed container's exit.
 const DELETE_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Delete waits for a Create of the same id still in flight.
+const DELETE_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default and the largest ExecSync output kept per stream.
 const EXEC_OUTPUT_CAP: usize = 16 << 20;
 /// Pending events per subscriber before it is cut off (it then reconnects and lists).
@@ -169,6 +171,8 @@ pub struct Shim {
     state: Mutex<State>,
     events: broadcast::Sender<proto::ExitStatus>,
     shutdown: Notify,
+    /// Notified each time a Create ends, whatever its outcome.
+    create_done: Notify,
     seq: AtomicU64,
 }
 
@@ -194,6 +198,7 @@ struct Reservation<'a>(&'a Shim, String);
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         lock(&self.0.state).creating.remove(&self.1);
+        self.0.create_done.notify_waiters();
     }
 }
 
@@ -294,6 +299,7 @@ impl Shim {
             state: Mutex::new(State::default()),
             events: broadcast::channel(EVENT_BACKLOG).0,
             shutdown: Notify::new(),
+            create_done: Notify::new(),
             seq: AtomicU64::new(0),
         })
     }
@@ -692,6 +698,20 @@ impl Shim {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
+        // A Create still in flight (berthd died during it and its recovery now removes the pod):
+        // let it settle, or the container it makes would outlive its pod.
+        loop {
+            let done = self.create_done.notified();
+            if !lock(&self.state).creating.contains(id) {
+                break;
+            }
+            tokio::time::timeout(DELETE_CREATE_TIMEOUT, done).await.map_err(|_| {
+                Error::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!("deleting container {id}: its creation is still in progress"),
+                )
+            })?;
+        }
         let Ok((dir, running, mut exited)) =
             self.container(id, |c| (c.dir.clone(), c.running(), c.exited.subscribe()))
         else {
