@@ -329,6 +329,19 @@ async fn attach_spdy_and_websocket_see_output_and_send_input() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.assert_running(&term, "a tty attacher detached").await;
 
+    // `kubectl run -i` shape: stdinOnce, the container ends when its input does; the attach
+    // session ends with it, and the container is left exited.
+    let c = s.pod.container("once", &s.image).sh("read l; echo bye:$l; exit 4").stdin(true).build();
+    let once = s.cri.create_start(&s.pod_id, &s.pod, c).await.expect("stdin-once container");
+    let url = s.cri.attach_url(&once, false, true, true).await.expect("Attach");
+    let c = SpdyCommand::connect(&url, Want { stdin: true, stdout: true, stderr: true, tty: false }).await;
+    c.send("last\n").await;
+    c.stdin().close();
+    assert_eq!(read_all(c.stdout()).await, b"bye:last\n");
+    assert_eq!(exit_code(&c.status().await), 0, "an attach reports no exit code of its own");
+    drop(c);
+    assert_eq!(s.cri.wait_exited(&once, Duration::from_secs(10)).await.exit_code, 4);
+
     // What attachers typed went to the container's own stdin: its log has the answers.
     let log = s.pod.log_directory().join("echo/0.log");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -551,9 +564,12 @@ async fn crictl_exec_attach_and_port_forward() {
         cmd
     };
 
-    // exec -it on a pty (script gives crictl one): the shell has a terminal.
+    // exec -it on a pty (script gives crictl one): the shell has a terminal of crictl's size (sent
+    // on the resize stream, which may land just after the process started: look a few times).
+    let inner = "for i in 1 2 3 4 5 6 7 8 9 10; do [ \"$(stty size)\" = \"22 77\" ] && break; sleep 0.2; done; \
+                 tty; stty size; echo crictl-tty-ok";
     let line = format!(
-        "{} --runtime-endpoint {endpoint} exec -it {id} sh -c 'tty; echo crictl-tty-ok'",
+        "stty rows 22 cols 77; {} --runtime-endpoint {endpoint} exec -it {id} sh -c '{inner}'",
         crictl.display()
     );
     let out = tokio::time::timeout(
@@ -573,7 +589,10 @@ async fn crictl_exec_attach_and_port_forward() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("/dev/pts/") && text.contains("crictl-tty-ok"), "crictl exec -it printed:\n{text}");
+    assert!(
+        text.contains("/dev/pts/") && text.contains("22 77") && text.contains("crictl-tty-ok"),
+        "crictl exec -it printed:\n{text}"
+    );
 
     // exec with stdin and a non-zero exit code.
     let mut child = crictl_cmd(&["exec", "-i", &id, "sh", "-c", "read l; echo got:$l; exit 3"])
