@@ -32,6 +32,7 @@ mod pod_host_network;
 mod pod_host_port;
 mod pod_multi_container;
 mod pod_restart_recovery;
+mod streaming;
 
 mod image_auth;
 mod image_concurrent_pull;

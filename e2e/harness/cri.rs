@@ -12,12 +12,13 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    AuthConfig, Container, ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, Image, ImageFsInfoRequest,
-    ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ListContainersRequest, ListImagesRequest,
-    ListPodSandboxRequest, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest,
-    RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerState, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, Image,
+    ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ListContainersRequest,
+    ListImagesRequest, ListPodSandboxRequest, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest,
+    PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 
 use super::pod::PodConfig;
@@ -222,6 +223,47 @@ impl Cri {
             String::from_utf8_lossy(&r.stderr)
         );
         String::from_utf8_lossy(&r.stdout).into_owned()
+    }
+
+    /// Exec: the streaming URL for `cmd` with the streams asked for (stdout always).
+    pub async fn exec_url(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        tty: bool,
+        stdin: bool,
+        stderr: bool,
+    ) -> Result<String, Status> {
+        let request = ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr,
+        };
+        Ok(self.runtime.exec(request).await?.into_inner().url)
+    }
+
+    /// Attach: the streaming URL with the streams asked for (stdout always).
+    pub async fn attach_url(
+        &mut self,
+        id: &str,
+        tty: bool,
+        stdin: bool,
+        stderr: bool,
+    ) -> Result<String, Status> {
+        let request = AttachRequest { container_id: id.into(), stdin, tty, stdout: true, stderr };
+        Ok(self.runtime.attach(request).await?.into_inner().url)
+    }
+
+    /// PortForward: the streaming URL for `ports` of sandbox `pod_id` (empty: any port).
+    pub async fn port_forward_url(&mut self, pod_id: &str, ports: &[u16]) -> Result<String, Status> {
+        let request = PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: ports.iter().map(|&p| i32::from(p)).collect(),
+        };
+        Ok(self.runtime.port_forward(request).await?.into_inner().url)
     }
 
     /// Polls ContainerStatus until the container is EXITED; panics after `timeout`.

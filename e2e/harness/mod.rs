@@ -14,6 +14,7 @@ pub mod leaks;
 pub mod net;
 pub mod pod;
 pub mod registry;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::process::Command;

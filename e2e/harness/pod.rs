@@ -335,6 +335,19 @@ impl ContainerBuilder {
         self
     }
 
+    /// `stdin: true` (and `stdinOnce` as given): the container's stdin stays open for attachers.
+    pub fn stdin(mut self, once: bool) -> Self {
+        self.config.stdin = true;
+        self.config.stdin_once = once;
+        self
+    }
+
+    /// `tty: true`: the container runs on a terminal.
+    pub fn tty(mut self) -> Self {
+        self.config.tty = true;
+        self
+    }
+
     /// Adds an environment variable.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.config.envs.push(KeyValue { key: key.into(), value: value.into() });
