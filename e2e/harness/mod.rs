@@ -28,7 +28,7 @@ pub use registry::Registry;
 
 /// Debian packages the suite needs; `.ci/run` installs the same list.
 pub const PACKAGES: &str = "docker-registry skopeo busybox-static umoci openssl apache2-utils curl runc crun \
-     containerd containernetworking-plugins iptables protobuf-compiler util-linux";
+     containerd containernetworking-plugins iptables protobuf-compiler util-linux iproute2 bsdutils";
 
 /// Programs the harness runs itself.
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "htpasswd", "umoci", "sh"];
