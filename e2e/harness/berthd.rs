@@ -58,8 +58,9 @@ impl Berthd {
     /// and debug logs from berth itself.
     pub fn new() -> Berthd {
         super::require_prerequisites();
-        // Short: a pod's shim socket is <state>/pods/<64 hex>/shim.sock, and sun_path holds 107 bytes.
-        let dir = super::temp_dir("be2e-");
+        // Long enough that <state>/pods/<64 hex>/shim.sock exceeds sun_path's 107 bytes: every pod
+        // scenario also proves the shim sockets' fallback under /run/berth/s.
+        let dir = super::temp_dir("berth-e2e-run-");
         let mut config = Config { root: dir.join("root"), state: dir.join("state"), ..Config::default() };
         config.grpc.address = dir.join("state/berth.sock");
         config.cri.registry.config_path = dir.join("certs.d");

@@ -121,6 +121,9 @@ impl Pods {
             }
         }
         self.remove_rootfs(id).await?;
+        // A shim killed before it could clean up leaves its socket, which may live outside its dir.
+        let socket = crate::shim::socket_path(&self.paths.shim_dir(id), crate::shim::SOCKET_NAME);
+        let _ = std::fs::remove_file(socket);
         for dir in [self.paths.sandbox_dir(id), self.paths.shim_dir(id)] {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}

@@ -42,8 +42,13 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/berth.shim.v1.rs"));
 }
 
-/// The API socket, in the pod directory.
+/// The API socket, in the pod directory (see [`socket_path`]).
 pub const SOCKET_NAME: &str = "shim.sock";
+/// Where sockets go whose path in the pod directory would be too long for a unix socket address, as
+/// containerd keeps its shim sockets in /run/containerd/s.
+pub const SHORT_SOCKET_DIR: &str = "/run/berth/s";
+/// sun_path is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
 /// The shim's pid, in the pod directory (written once serving).
 pub const PID_FILE: &str = "shim.pid";
 /// The shim's own log (its stderr), in the pod directory.
@@ -163,7 +168,42 @@ impl ShimConfig {
 
     /// The API socket of this pod's shim.
     pub fn socket(&self) -> PathBuf {
-        self.dir.join(SOCKET_NAME)
+        socket_path(&self.dir, SOCKET_NAME)
+    }
+}
+
+/// The path of the socket `name` of the pod directory `dir`: `<dir>/<name>`, or, when that is longer
+/// than a unix socket address holds (a long `state` directory), `<SHORT_SOCKET_DIR>/<hash of dir>-<name>`.
+/// Both ends compute it the same way; the hash keeps pods, and berthd instances, apart.
+pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
+    let natural = dir.join(name);
+    if natural.as_os_str().len() <= MAX_SOCKET_PATH {
+        return natural;
+    }
+    use sha2::Digest as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let hash = hex::encode(sha2::Sha256::digest(dir.as_os_str().as_bytes()));
+    Path::new(SHORT_SOCKET_DIR).join(format!("{}-{name}", &hash[..32]))
+}
+
+/// Makes room for binding `socket`: creates its directory (root-only when it is the shared
+/// [`SHORT_SOCKET_DIR`]) and removes a stale socket file left there.
+pub fn prepare_socket(socket: &Path) -> Result<()> {
+    if let Some(parent) = socket.parent()
+        && parent == Path::new(SHORT_SOCKET_DIR)
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).context(|| format!("removing the stale socket {}", socket.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -275,7 +315,7 @@ async fn serve_async(config: ShimConfig) -> Result<()> {
 
     // Holding the lock, any socket left here is stale.
     let socket = config.socket();
-    let _ = std::fs::remove_file(&socket);
+    prepare_socket(&socket)?;
     let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = tokio::net::UnixListener::bind(&socket);
     nix::sys::stat::umask(old_umask);
@@ -378,6 +418,25 @@ mod tests {
         assert_eq!(config.socket(), Path::new("/run/berth/pods/pod1/shim.sock"));
         let again = ShimConfig::parse(std::iter::once("serve".into()).chain(config.to_args())).unwrap();
         assert_eq!(again, (ShimCommand::Serve, config));
+    }
+
+    #[test]
+    fn sockets_too_long_for_their_dir_move_to_the_short_dir() {
+        let long = Path::new("/tmp/a-rather-long-state-directory/state/pods")
+            .join("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        let socket = socket_path(&long, SOCKET_NAME);
+        assert_eq!(socket.parent(), Some(Path::new(SHORT_SOCKET_DIR)));
+        let name = socket.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with("-shim.sock") && name.len() == 32 + "-shim.sock".len(), "{name}");
+        assert_eq!(socket, socket_path(&long, SOCKET_NAME), "both ends compute the same path");
+        let other = socket_path(
+            &long.with_file_name("another-pod-id-of-sixty-four-characters-0123456789abcdef0"),
+            SOCKET_NAME,
+        );
+        assert_ne!(socket, other);
+        let console = socket_path(&long, "console-7.sock");
+        assert_ne!(socket, console);
+        assert!(console.as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[test]

@@ -58,8 +58,6 @@ const ATTACH_BACKLOG: usize = 64;
 /// How long the runtime's pty master may take to arrive once the runtime has exited (it sends it
 /// before exiting, so it is normally there at once).
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// sun_path is 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH: usize = 107;
 
 struct ExitInfo {
     code: i32,
@@ -212,14 +210,8 @@ struct ConsoleSocket {
 impl ConsoleSocket {
     fn bind(shim: &Shim, what: &str) -> Result<ConsoleSocket> {
         let seq = shim.seq.fetch_add(1, Ordering::Relaxed);
-        let path = shim.config.dir.join(format!("console-{seq}.sock"));
-        if path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(Error::invalid(format!(
-                "{what}: console socket path {} is too long",
-                path.display()
-            )));
-        }
-        let _ = std::fs::remove_file(&path);
+        let path = super::socket_path(&shim.config.dir, &format!("console-{seq}.sock"));
+        super::prepare_socket(&path).context(|| what.to_string())?;
         let listener = UnixListener::bind(&path).context(|| format!("{what}: binding {}", path.display()))?;
         let file = RemoveOnDrop(vec![path.clone()]);
         let receiving = tokio::spawn(async move {

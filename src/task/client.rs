@@ -68,7 +68,7 @@ impl ShimClient {
     pub async fn connect(dir: &Path) -> Result<ShimClient> {
         let client = ShimClient {
             dir: dir.to_path_buf(),
-            socket: dir.join(shim::SOCKET_NAME),
+            socket: shim::socket_path(dir, shim::SOCKET_NAME),
             timeout: DEFAULT_CALL_TIMEOUT,
         };
         client.ping().await?;
