@@ -9,6 +9,7 @@ pub mod cri;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod mountinfo;
 pub mod network;
 pub mod server;
 pub mod shim;

@@ -30,16 +30,14 @@ impl Layout {
     pub fn from_mountinfo(mountinfo: &str) -> Option<Layout> {
         let mut v1 = HashMap::new();
         let mut v2: Option<PathBuf> = None;
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let Some(mount_point) = left.split(' ').nth(4) else { continue };
-            let mut r = right.split(' ');
-            let (fstype, super_opts) = (r.next().unwrap_or(""), r.nth(1).unwrap_or(""));
-            let mount_point = PathBuf::from(unescape(mount_point));
+        for m in crate::mountinfo::parse(mountinfo) {
+            let (fstype, super_opts) = (m.fs_type.as_str(), &m.super_options);
+            let mount_point = PathBuf::from(&m.mount_point);
             match fstype {
                 "cgroup" => {
-                    for opt in super_opts.split(',') {
-                        if matches!(opt, "cpu" | "cpuacct" | "memory" | "pids" | "cpuset" | "blkio") {
+                    for opt in super_opts {
+                        if matches!(opt.as_str(), "cpu" | "cpuacct" | "memory" | "pids" | "cpuset" | "blkio")
+                        {
                             v1.entry(opt.to_string()).or_insert_with(|| mount_point.clone());
                         }
                     }
@@ -338,26 +336,6 @@ fn parse_flat(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -511,11 +489,5 @@ pub(crate) mod tests {
         assert_eq!(s.memory.as_ref().unwrap().limit, None);
         assert_eq!((s.pids, s.pids_limit), (Some(1), None));
         assert_eq!(CgroupStats::sum([]), CgroupStats::default());
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
     }
 }

@@ -12,6 +12,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 
 use crate::cri::api::{self, MountPropagation};
 use crate::error::{Context, Error, Result};
+use crate::mountinfo::{MountInfo, lookup as lookup_mount, parse as parse_mountinfo};
 
 pub const DEV_SHM: &str = "/dev/shm";
 
@@ -71,69 +72,6 @@ pub fn clean(p: &str) -> String {
 /// file there, e.g. the kubelet's /etc/hosts).
 pub fn in_cri_mounts(path: &str, mounts: &[api::Mount]) -> bool {
     mounts.iter().any(|m| clean(&m.container_path) == clean(path))
-}
-
-/// One line of `/proc/self/mountinfo`, the parts berth looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    pub mount_point: String,
-    /// Optional fields: "shared:N", "master:N" …
-    pub optional: Vec<String>,
-    pub fs_type: String,
-    pub super_options: Vec<String>,
-}
-
-/// Undoes the octal escapes (`\040` for a space) of mountinfo paths.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Some(v) =
-                std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses the text of a mountinfo file; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            if sep < 6 || fields.len() < sep + 4 {
-                return None;
-            }
-            Some(MountInfo {
-                mount_point: unescape(fields[4]),
-                optional: fields[6..sep].iter().map(|s| s.to_string()).collect(),
-                fs_type: fields[sep + 1].to_string(),
-                super_options: fields[sep + 3].split(',').map(str::to_string).collect(),
-            })
-        })
-        .collect()
-}
-
-/// The mount `path` lives on: the longest mount point that is `path` or one of its parents; of
-/// several mounts on the same point, the last one (the one on top).
-pub fn lookup_mount<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
-    let mut best: Option<&MountInfo> = None;
-    for m in mounts {
-        if path.starts_with(&m.mount_point) && best.is_none_or(|b| m.mount_point.len() >= b.mount_point.len())
-        {
-            best = Some(m);
-        }
-    }
-    best
 }
 
 /// What the host side of bind mounts needs from the machine.
