@@ -404,9 +404,12 @@ mod tests {
             timed_out: false,
         });
         let (streams, mut stdin, stdout, stderr, resize) = client_streams();
+        let shim = t.shim.clone();
         let client = async move {
             stdin.write_all(b"hello").await.unwrap();
             resize.send(TermSize { width: 90, height: 30 }).await.unwrap();
+            // Closing stdin ends the scripted process: only once the resize got through.
+            wait_for_call(&shim, "resize c1 90x30").await;
             drop(stdin);
             (read_all(stdout).await, read_all(stderr).await)
         };
