@@ -327,7 +327,8 @@ mod tests {
         pump_exec_output(&mut Vec::new(), outputs, &mut rx, &mut exited, Duration::from_millis(50))
             .await
             .unwrap();
-        assert!(exited.is_some() && started.elapsed() < Duration::from_secs(2));
+        // Ends after the drain instead of waiting for a pipe nobody closes (generous bound: no timing).
+        assert!(exited.is_some() && started.elapsed() < Duration::from_secs(30));
     }
 
     /// With a client that reads nothing, the pump stops reading the process's pipe: the writer
