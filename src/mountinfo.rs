@@ -75,6 +75,7 @@ mod tests {
     fn escapes_are_undone() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/x\134y"), r"/x\y");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
     }
 

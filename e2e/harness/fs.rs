@@ -95,35 +95,14 @@ pub fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// Mount points at or under `dir`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+    let mut mounts: Vec<PathBuf> = berth::mountinfo::parse(&info)
+        .into_iter()
+        .map(|m| PathBuf::from(m.mount_point))
         .filter(|p| p.starts_with(dir))
         .collect();
     mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     mounts.dedup();
     mounts
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Lazily unmounts everything at or under `dir` (like `umount -R -l`), deepest first, until nothing is
@@ -191,13 +170,6 @@ mod tests {
         found.sort();
         assert_eq!(found, vec![dir.path().join("a/b/c/marker"), dir.path().join("a/marker")]);
         assert!(find_named(dir.path(), "absent").is_empty());
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
     }
 
     #[test]
