@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::pods::{Pods, host_network};
-use super::store::SandboxState;
 use crate::error::{Error, ErrorKind, Result};
 use crate::streaming::{Backend, PortStream, Reader, Streams, TermSize, Writer};
 use crate::task::{AttachOptions, ExecOptions, ProcessStream, StreamOutput};
@@ -95,12 +94,8 @@ impl Backend for PodStreams {
     }
 
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<Box<dyn PortStream>> {
-        let not_found = || Error::not_found(format!("pod sandbox {sandbox_id:?} not found"));
-        let id = self.pods.store.resolve_sandbox(sandbox_id)?.ok_or_else(not_found)?;
-        let rec = self.pods.store.sandbox(&id).ok_or_else(not_found)?;
-        if rec.state != SandboxState::Ready {
-            return Err(Error::precondition(format!("pod sandbox {id} is not ready")));
-        }
+        let rec = self.pods.ready_sandbox(sandbox_id)?;
+        let id = rec.id;
         let netns = match (host_network(&rec.config), rec.netns) {
             (true, _) => None,
             (false, Some(path)) => Some(path),
@@ -264,7 +259,7 @@ mod tests {
     use crate::cri::api;
     use crate::cri::image::ImageService;
     use crate::cri::pods::Deps;
-    use crate::cri::store::{ContainerRecord, ContainerState, SandboxRecord};
+    use crate::cri::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
     use crate::engine::{Engine, EngineOptions};
     use crate::network::{fake::FakeNetwork, netns};
     use crate::task::{ExecSyncResult, FakeShim, FakeShimLauncher, LaunchOptions, ShimLauncher};

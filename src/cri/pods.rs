@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use super::api;
 use super::image::ImageService;
 use super::spec::RuntimeEnv;
-use super::store::{ContainerState, SandboxState, Store};
+use super::store::{ContainerState, SandboxRecord, SandboxState, Store};
 use crate::config::{Config, RuntimeHandler};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -252,6 +252,18 @@ impl Pods {
     }
 
     /// Fills the state gauges for a scrape.
+    /// The record of the ready sandbox `id` (or a unique prefix of it): NotFound if unknown,
+    /// FailedPrecondition if not ready.
+    pub(crate) fn ready_sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        let not_found = || Error::not_found(format!("pod sandbox {id:?} not found"));
+        let full = self.store.resolve_sandbox(id)?.ok_or_else(not_found)?;
+        let rec = self.store.sandbox(&full).ok_or_else(not_found)?;
+        if rec.state != SandboxState::Ready {
+            return Err(Error::precondition(format!("pod sandbox {full} is not ready")));
+        }
+        Ok(rec)
+    }
+
     pub fn refresh_gauges(&self, m: &Metrics) {
         let ready = self.store.sandboxes().iter().filter(|s| s.state == SandboxState::Ready).count();
         let running = self.store.containers().iter().filter(|c| c.state == ContainerState::Running).count();

@@ -45,14 +45,7 @@ impl RuntimeService {
         &self,
         r: api::PortForwardRequest,
     ) -> crate::Result<streaming::PortForwardRequest> {
-        let id = self
-            .pods
-            .store
-            .resolve_sandbox(&r.pod_sandbox_id)?
-            .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", r.pod_sandbox_id)))?;
-        if self.pods.store.sandbox(&id).is_none_or(|s| s.state != super::store::SandboxState::Ready) {
-            return Err(Error::precondition(format!("pod sandbox {id} is not ready")));
-        }
+        let id = self.pods.ready_sandbox(&r.pod_sandbox_id)?.id;
         let ports = r
             .port
             .iter()
