@@ -250,6 +250,30 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     out
 }
 
+/// The media type a manifest or index document names itself, or guessed from its shape (for
+/// registries that send no content type); an error if it is not JSON of that shape.
+pub fn probe_media_type(bytes: &[u8]) -> serde_json::Result<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        media_type: String,
+        #[serde(default)]
+        schema_version: u32,
+        manifests: Option<serde_json::Value>,
+    }
+    let p: Probe = serde_json::from_slice(bytes)?;
+    Ok(if p.schema_version == 1 {
+        media::DOCKER_SCHEMA1.to_string()
+    } else if !p.media_type.is_empty() {
+        p.media_type
+    } else if p.manifests.is_some() {
+        media::OCI_INDEX.to_string()
+    } else {
+        media::OCI_MANIFEST.to_string()
+    })
+}
+
 /// Parses a manifest or index by its media type, refusing Docker schema 1 with a clear error.
 pub enum Parsed {
     Index(Index),
@@ -259,26 +283,7 @@ pub enum Parsed {
 pub fn parse_manifest_or_index(media_type: &str, bytes: &[u8]) -> Result<Parsed> {
     let mt = if media_type.is_empty() {
         // Some registries answer without a content type: look at the document itself.
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Probe {
-            #[serde(default)]
-            media_type: String,
-            #[serde(default)]
-            schema_version: u32,
-            manifests: Option<serde_json::Value>,
-        }
-        let p: Probe = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("invalid manifest json: {e}")))?;
-        if p.schema_version == 1 {
-            media::DOCKER_SCHEMA1.to_string()
-        } else if !p.media_type.is_empty() {
-            p.media_type
-        } else if p.manifests.is_some() {
-            media::OCI_INDEX.to_string()
-        } else {
-            media::OCI_MANIFEST.to_string()
-        }
+        probe_media_type(bytes).map_err(|e| Error::invalid(format!("invalid manifest json: {e}")))?
     } else {
         media_type.split(';').next().unwrap_or("").trim().to_string()
     };

@@ -395,7 +395,11 @@ impl Fetcher {
                 format!("digest mismatch: manifest is {actual}, expected {expected}"),
             ));
         }
-        let media_type = if media_type.is_empty() { probe_media_type(&body) } else { media_type };
+        let media_type = if media_type.is_empty() {
+            crate::engine::oci::probe_media_type(&body).unwrap_or_default()
+        } else {
+            media_type
+        };
         Ok(Descriptor::new(media_type, actual, body.len() as i64))
     }
 
@@ -589,26 +593,6 @@ fn content_type(h: &HeaderMap) -> String {
     let ct = ct.split(';').next().unwrap_or("").trim();
     // Servers that know nothing better say so; the document itself may tell.
     if ct == "application/octet-stream" || ct == "text/plain" { String::new() } else { ct.to_string() }
-}
-
-/// The media type a manifest or index names itself (for servers that send no content type).
-fn probe_media_type(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Probe {
-        #[serde(default)]
-        media_type: String,
-        #[serde(default)]
-        schema_version: u32,
-        manifests: Option<serde_json::Value>,
-    }
-    match serde_json::from_slice::<Probe>(body) {
-        Ok(p) if !p.media_type.is_empty() => p.media_type,
-        Ok(p) if p.schema_version == 1 => media::DOCKER_SCHEMA1.into(),
-        Ok(p) if p.manifests.is_some() => media::OCI_INDEX.into(),
-        Ok(_) => media::OCI_MANIFEST.into(),
-        Err(_) => String::new(),
-    }
 }
 
 fn too_large(what: &str, ep: &Endpoint, size: u64) -> Error {
