@@ -200,6 +200,27 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// An exec's process and pid files, removed when dropped.
+struct ExecFiles {
+    process: PathBuf,
+    pid: PathBuf,
+    _cleanup: RemoveOnDrop,
+}
+
+impl ExecFiles {
+    /// `exec -d --pid-file P --process F`: the runtime's arguments up to the options that vary.
+    fn args(&self) -> Vec<&OsStr> {
+        vec![
+            os("exec"),
+            os("-d"),
+            os("--pid-file"),
+            self.pid.as_os_str(),
+            os("--process"),
+            self.process.as_os_str(),
+        ]
+    }
+}
+
 /// A socket the runtime sends a new pty's master to (`--console-socket`), removed when dropped.
 struct ConsoleSocket {
     path: PathBuf,
@@ -765,12 +786,7 @@ impl Shim {
         let id = req.id.as_str();
         let dir = self.exec_dir(id)?;
         let what = format!("executing a process in container {id}");
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let process_file = dir.join(format!("exec-{seq}.json"));
-        let pid_file = dir.join(format!("exec-{seq}.pid"));
-        let _files = RemoveOnDrop(vec![process_file.clone(), pid_file.clone()]);
-        std::fs::write(&process_file, &req.process_json)
-            .context(|| format!("{what}: writing {}", process_file.display()))?;
+        let files = self.exec_files(&dir, &req.process_json, &what)?;
         let cap = match req.max_output_bytes {
             0 => EXEC_OUTPUT_CAP,
             n => (n as usize).min(EXEC_OUTPUT_CAP),
@@ -787,22 +803,15 @@ impl Shim {
             let result = async {
                 let (pid, mut rx) = {
                     let _start = StartGuard::new(&self.reaper);
-                    let args = [
-                        os("exec"),
-                        os("-d"),
-                        os("--pid-file"),
-                        pid_file.as_os_str(),
-                        os("--process"),
-                        process_file.as_os_str(),
-                        os(id),
-                    ];
+                    let mut args = files.args();
+                    args.push(os(id));
                     let stdio = RuntimeStdio {
                         stdin: Stdio::null(),
                         stdout: Stdio::from(out_w),
                         stderr: Some(Stdio::from(err_w)),
                     };
                     self.runtime.run(&dir, &args, stdio, &what).await?;
-                    self.watch_exec(&pid_file, &what)?
+                    self.watch_exec(&files.pid, &what)?
                 };
                 let lost = || Error::internal(format!("{what}: the reaper lost the exit of pid {pid}"));
                 let timer = async {
@@ -840,6 +849,18 @@ impl Shim {
     }
 
     /// The directory of a container that can run an exec (it is running).
+    /// Writes an exec's process file in the container directory `dir`, next to its pid file to be;
+    /// both go when the returned value is dropped.
+    fn exec_files(&self, dir: &Path, process_json: &[u8], what: &str) -> Result<ExecFiles> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let process = dir.join(format!("exec-{seq}.json"));
+        let pid = dir.join(format!("exec-{seq}.pid"));
+        let _cleanup = RemoveOnDrop(vec![process.clone(), pid.clone()]);
+        std::fs::write(&process, process_json)
+            .context(|| format!("{what}: writing {}", process.display()))?;
+        Ok(ExecFiles { process, pid, _cleanup })
+    }
+
     fn exec_dir(&self, id: &str) -> Result<PathBuf> {
         let state = lock(&self.state);
         let c = state.containers.get(id).ok_or_else(|| not_found(id))?;
@@ -912,26 +933,14 @@ impl Shim {
                 req.tty
             )));
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let process_file = dir.join(format!("exec-{seq}.json"));
-        let pid_file = dir.join(format!("exec-{seq}.pid"));
-        let _files = RemoveOnDrop(vec![process_file.clone(), pid_file.clone()]);
-        std::fs::write(&process_file, &req.process_json)
-            .context(|| format!("{what}: writing {}", process_file.display()))?;
-        let mut args = vec![
-            os("exec"),
-            os("-d"),
-            os("--pid-file"),
-            pid_file.as_os_str(),
-            os("--process"),
-            process_file.as_os_str(),
-        ];
+        let files = self.exec_files(&dir, &req.process_json, &what)?;
+        let mut args = files.args();
         let _start = StartGuard::new(&self.reaper);
         if req.tty {
             let console = ConsoleSocket::bind(self, &what)?;
             args.extend([os("--console-socket"), console.path.as_os_str(), os(id)]);
             self.runtime.run(&dir, &args, RuntimeStdio::null(), &what).await?;
-            let (pid, exit) = self.watch_exec(&pid_file, &what)?;
+            let (pid, exit) = self.watch_exec(&files.pid, &what)?;
             let ends = async {
                 let master = console.receive(&what).await?;
                 let rx = stdio::receiver(duplicate(&master, &what)?)?;
@@ -981,7 +990,7 @@ impl Shim {
             stdin = Some(StdinWriter::new(w)?);
         }
         self.runtime.run(&dir, &args, stdio, &what).await?;
-        let (pid, exit) = self.watch_exec(&pid_file, &what)?;
+        let (pid, exit) = self.watch_exec(&files.pid, &what)?;
         Ok(StreamedExec { pid, exit, outputs, stdin, console: None })
     }
 
