@@ -255,14 +255,11 @@ pub async fn connect_in_netns(netns: Option<&Path>, port: u16) -> Result<TcpStre
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::cri::api;
-    use crate::cri::image::ImageService;
-    use crate::cri::pods::Deps;
-    use crate::cri::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
-    use crate::engine::{Engine, EngineOptions};
-    use crate::network::{fake::FakeNetwork, netns};
-    use crate::task::{ExecSyncResult, FakeShim, FakeShimLauncher, LaunchOptions, ShimLauncher};
+    use crate::cri::pods::fixture::test_pods;
+    use crate::cri::store::SandboxState;
+    use crate::network::netns;
+    use crate::task::{ExecSyncResult, FakeShim};
     use std::io::Write;
     use std::path::PathBuf;
 
@@ -272,84 +269,6 @@ mod tests {
             eprintln!("skipping: needs root");
         }
         root
-    }
-
-    /// A pod runtime on fakes with one ready sandbox `sb1` and a shim holding the running
-    /// container `c1` (created with stdin, `stdin_once` as given).
-    struct TestPods {
-        _tmp: tempfile::TempDir,
-        pods: Arc<Pods>,
-        shim: Arc<FakeShim>,
-    }
-
-    async fn test_pods(stdin_once: bool, netns: Option<PathBuf>) -> TestPods {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = Arc::new(Config {
-            root: tmp.path().join("root"),
-            state: tmp.path().join("state"),
-            ..Default::default()
-        });
-        let engine = Engine::open(EngineOptions::from_config(&config)).unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let images = Arc::new(ImageService::new(engine.clone(), &config, metrics.clone()));
-        let launcher = FakeShimLauncher::new();
-        let pods = Pods::new(Deps {
-            env: crate::cri::spec::detect_runtime_env(config.cri.cgroup_driver).unwrap(),
-            config,
-            engine,
-            images,
-            network: Arc::new(FakeNetwork::new()),
-            launcher: launcher.clone(),
-            shim_binary: PathBuf::from("/nonexistent/berth-shim"),
-            metrics,
-        })
-        .unwrap();
-        pods.store
-            .put_sandbox(SandboxRecord {
-                id: "sb1".into(),
-                config: api::PodSandboxConfig::default(),
-                runtime_handler: String::new(),
-                state: SandboxState::Ready,
-                created_at: 1,
-                netns,
-                network_attached: false,
-                ips: Vec::new(),
-                pid: 1,
-                image: String::new(),
-            })
-            .unwrap();
-        let container = |id: &str, state| ContainerRecord {
-            id: id.into(),
-            sandbox_id: "sb1".into(),
-            config: api::ContainerConfig { stdin: true, stdin_once, ..Default::default() },
-            state,
-            created_at: 1,
-            started_at: 2,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            image: String::new(),
-            image_id: String::new(),
-            log_path: None,
-            stop_signal: String::new(),
-        };
-        pods.store.put_container(container("c1", ContainerState::Running)).unwrap();
-        pods.store.put_container(container("done", ContainerState::Exited)).unwrap();
-        let bundle = pods.paths.bundle("c1");
-        std::fs::create_dir_all(&bundle).unwrap();
-        let spec = serde_json::json!({"process": {"args": ["sleep", "1"], "cwd": "/", "consoleSize": {}}});
-        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
-
-        let dir = pods.paths.shim_dir("sb1");
-        let shim = launcher.launch(&LaunchOptions::new("/x", "sb1", &dir, "runc")).await.unwrap();
-        let create =
-            crate::task::CreateOptions { id: "c1".into(), bundle, stdin: true, tty: false, log_path: None };
-        shim.create(&create).await.unwrap();
-        shim.start("c1").await.unwrap();
-        pods.adopt_shim("sb1", shim);
-        TestPods { shim: launcher.shim(&dir).unwrap(), pods, _tmp: tmp }
     }
 
     /// Client streams backed by in-memory pipes: (streams, stdin writer, stdout reader, stderr

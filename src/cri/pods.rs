@@ -251,7 +251,6 @@ impl Pods {
         let _ = self.events.send(event);
     }
 
-    /// Fills the state gauges for a scrape.
     /// The record of the ready sandbox `id` (or a unique prefix of it): NotFound if unknown,
     /// FailedPrecondition if not ready.
     pub(crate) fn ready_sandbox(&self, id: &str) -> Result<SandboxRecord> {
@@ -264,6 +263,7 @@ impl Pods {
         Ok(rec)
     }
 
+    /// Fills the state gauges for a scrape.
     pub fn refresh_gauges(&self, m: &Metrics) {
         let ready = self.store.sandboxes().iter().filter(|s| s.state == SandboxState::Ready).count();
         let running = self.store.containers().iter().filter(|c| c.state == ContainerState::Running).count();
@@ -354,10 +354,13 @@ impl Pods {
     /// Records an exit: of the pause (the sandbox is no longer ready) or of a container.
     pub fn on_exit(&self, sandbox: &str, ev: &ExitEvent) {
         if ev.id == sandbox {
-            let was_ready = self.store.sandbox(sandbox).is_some_and(|s| s.state == SandboxState::Ready);
+            // Decided under the store's lock: the shim's exit event and StopPodSandbox may both
+            // report this exit, and only the one that moves the sandbox out of Ready sends the event.
+            let mut was_ready = false;
             let _ = self.store.update_sandbox(sandbox, |r| {
                 if r.state == SandboxState::Ready {
                     r.state = SandboxState::NotReady;
+                    was_ready = true;
                 }
                 r.pid = 0;
             });
@@ -370,13 +373,13 @@ impl Pods {
         // Still Created: StartContainer has not recorded the start yet (an instant exit raced it), or
         // berthd died in between. The exit is recorded either way; its event is StartContainer's to
         // send after STARTED, so that the kubelet never sees a container stop before it started.
-        let was_exited = self
-            .store
-            .container(&ev.id)
-            .is_none_or(|c| matches!(c.state, ContainerState::Exited | ContainerState::Created));
-        let updated = self.store.update_container(&ev.id, |r| {
+        // Decided under the store's lock, as for the pause: of two reports of one exit (the shim's
+        // event and a Stop waiting for it), only the one that records it sends the event.
+        let mut stopped_now = false;
+        let _ = self.store.update_container(&ev.id, |r| {
             if matches!(r.state, ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
             {
+                stopped_now = matches!(r.state, ContainerState::Running | ContainerState::Unknown);
                 r.state = ContainerState::Exited;
                 r.exit_code = ev.exit_code;
                 r.finished_at = nanos(ev.exited_at).max(r.started_at);
@@ -389,7 +392,7 @@ impl Pods {
                 }
             }
         });
-        if !was_exited && updated.is_ok_and(|c| c.state == ContainerState::Exited) {
+        if stopped_now {
             self.emit(self.event(&ev.id, sandbox, api::ContainerEventType::ContainerStoppedEvent));
         }
     }
@@ -538,8 +541,134 @@ impl Pods {
 }
 
 #[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+    use crate::cri::image::ImageService;
+    use crate::cri::store::{ContainerRecord, SandboxRecord};
+    use crate::engine::EngineOptions;
+    use crate::network::fake::FakeNetwork;
+    use crate::task::{FakeShim, FakeShimLauncher, LaunchOptions, ShimLauncher};
+
+    /// A pod runtime on fakes with one ready sandbox `sb1` and a shim holding the running
+    /// container `c1` (created with stdin, `stdin_once` as given).
+    pub(crate) struct TestPods {
+        _tmp: tempfile::TempDir,
+        pub pods: Arc<Pods>,
+        pub shim: Arc<FakeShim>,
+    }
+
+    pub(crate) async fn test_pods(stdin_once: bool, netns: Option<PathBuf>) -> TestPods {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config {
+            root: tmp.path().join("root"),
+            state: tmp.path().join("state"),
+            ..Default::default()
+        });
+        let engine = Engine::open(EngineOptions::from_config(&config)).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let images = Arc::new(ImageService::new(engine.clone(), &config, metrics.clone()));
+        let launcher = FakeShimLauncher::new();
+        let pods = Pods::new(Deps {
+            env: crate::cri::spec::detect_runtime_env(config.cri.cgroup_driver).unwrap(),
+            config,
+            engine,
+            images,
+            network: Arc::new(FakeNetwork::new()),
+            launcher: launcher.clone(),
+            shim_binary: PathBuf::from("/nonexistent/berth-shim"),
+            metrics,
+        })
+        .unwrap();
+        pods.store
+            .put_sandbox(SandboxRecord {
+                id: "sb1".into(),
+                config: api::PodSandboxConfig::default(),
+                runtime_handler: String::new(),
+                state: SandboxState::Ready,
+                created_at: 1,
+                netns,
+                network_attached: false,
+                ips: Vec::new(),
+                pid: 1,
+                image: String::new(),
+            })
+            .unwrap();
+        let container = |id: &str, state| ContainerRecord {
+            id: id.into(),
+            sandbox_id: "sb1".into(),
+            config: api::ContainerConfig { stdin: true, stdin_once, ..Default::default() },
+            state,
+            created_at: 1,
+            started_at: 2,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            image: String::new(),
+            image_id: String::new(),
+            log_path: None,
+            stop_signal: String::new(),
+        };
+        pods.store.put_container(container("c1", ContainerState::Running)).unwrap();
+        pods.store.put_container(container("done", ContainerState::Exited)).unwrap();
+        let bundle = pods.paths.bundle("c1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let spec = serde_json::json!({"process": {"args": ["sleep", "1"], "cwd": "/", "consoleSize": {}}});
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+
+        let dir = pods.paths.shim_dir("sb1");
+        let shim = launcher.launch(&LaunchOptions::new("/x", "sb1", &dir, "runc")).await.unwrap();
+        let create =
+            crate::task::CreateOptions { id: "c1".into(), bundle, stdin: true, tty: false, log_path: None };
+        shim.create(&create).await.unwrap();
+        shim.start("c1").await.unwrap();
+        pods.adopt_shim("sb1", shim);
+        TestPods { shim: launcher.shim(&dir).unwrap(), pods, _tmp: tmp }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shim's exit event and a Stop waiting for the same exit both report it: however they
+    /// interleave, the kubelet gets one ContainerStoppedEvent for the container and one for the sandbox.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_exit_reported_twice_at_once_is_one_stopped_event() {
+        let t = fixture::test_pods(false, None).await;
+        let mut events = t.pods.subscribe();
+        const ROUNDS: usize = 50;
+        for _ in 0..ROUNDS {
+            t.pods.store.update_container("c1", |r| r.state = ContainerState::Running).unwrap();
+            t.pods.store.update_sandbox("sb1", |r| r.state = SandboxState::Ready).unwrap();
+            let exit = |id: &str| ExitEvent {
+                id: id.into(),
+                pid: 7,
+                exit_code: 137,
+                exited_at: Some(std::time::SystemTime::now()),
+                oom_killed: false,
+            };
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                for id in ["c1", "c1", "sb1", "sb1"] {
+                    let (pods, barrier, ev) = (&t.pods, &barrier, exit(id));
+                    s.spawn(move || {
+                        barrier.wait();
+                        pods.on_exit("sb1", &ev);
+                    });
+                }
+            });
+        }
+        let mut stopped = HashMap::<String, usize>::new();
+        while let Ok(e) = events.try_recv() {
+            assert_eq!(e.container_event_type, api::ContainerEventType::ContainerStoppedEvent as i32);
+            *stopped.entry(e.container_id).or_default() += 1;
+        }
+        assert_eq!(stopped.get("c1"), Some(&ROUNDS), "{stopped:?}");
+        assert_eq!(stopped.get("sb1"), Some(&ROUNDS), "{stopped:?}");
+        assert_eq!(t.pods.store.container("c1").unwrap().state, ContainerState::Exited);
+    }
 
     #[test]
     fn exit_reasons() {

@@ -29,14 +29,17 @@ impl Pods {
         }
         self.stop_pause(id).await?;
         self.release_network(id, false).await?;
-        if let Some(rec) = self.store.sandbox(id)
-            && rec.state != SandboxState::Creating
-        {
+        if self.store.sandbox(id).is_some_and(|rec| rec.state != SandboxState::Creating) {
+            // Decided under the store's lock: the pause's exit event may be recording this stop too.
+            let mut was_ready = false;
             self.store.update_sandbox(id, |r| {
-                r.state = SandboxState::NotReady;
-                r.pid = 0;
+                was_ready = r.state == SandboxState::Ready;
+                if r.state != SandboxState::Creating {
+                    r.state = SandboxState::NotReady;
+                    r.pid = 0;
+                }
             })?;
-            if rec.state == SandboxState::Ready {
+            if was_ready {
                 self.emit(self.event(id, id, api::ContainerEventType::ContainerStoppedEvent));
             }
         }
