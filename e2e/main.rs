@@ -26,6 +26,7 @@ mod container_stop_timeout;
 mod container_user_caps;
 mod kubelet_habits;
 mod metrics_endpoint;
+mod pod_chaos;
 mod pod_churn;
 mod pod_failures;
 mod pod_host_network;
