@@ -3,9 +3,10 @@
 //! `<state>/netns`, mounts under root and state, `berth-shim` processes serving a pod directory under
 //! this berthd's state, the processes of its containers (children of those shims and processes in
 //! cgroups under the berthd's cgroup root, which [`Berthd::pod`] configs use), container cgroups
-//! under that root, host-local allocations, veth ports on the test bridge and the
-//! portmap rules that mention the test network. Entries are strings that say what and where, so a
-//! failed comparison reads as a list of leaks. This module only reads.
+//! under that root, host-local allocations, veth ports on the test bridge, the portmap rules that
+//! mention the test network, and berthd's per-pod directories and CNI result cache. Entries are
+//! strings that say what and where, so a failed comparison reads as a list of leaks. This module
+//! only reads.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub struct Leaks {
     pub ips: BTreeSet<String>,
     pub veths: BTreeSet<String>,
     pub iptables: BTreeSet<String>,
+    /// Per-pod entries berthd keeps on disk: `<state>/{pods,sandboxes,bundles}/*` and the CNI
+    /// result cache `<root>/cni/results/*`.
+    pub files: BTreeSet<String>,
 }
 
 /// A process as /proc shows it.
@@ -153,6 +157,17 @@ impl Leaks {
             .map(|p| format!("{} {}", p.pid, p.command()))
             .collect();
         leaks.cgroups = cgroups(berthd);
+        let state = berthd.state();
+        for dir in [
+            state.join("pods"),
+            state.join("sandboxes"),
+            state.join("bundles"),
+            berthd.root().join("cni/results"),
+        ] {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                leaks.files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()));
+            }
+        }
         if let Some(net) = berthd.net() {
             leaks.ips = net.allocated_ips().into_iter().collect();
             leaks.veths = net.bridge_ports().into_iter().collect();
@@ -209,6 +224,7 @@ mod tests {
             ("ips", during.ips.len() != 1),
             ("veths", during.veths.len() != 1),
             ("iptables", during.iptables.is_empty()),
+            ("files", during.files.len() < 5),
         ]
         .into_iter()
         .filter_map(|(what, bad)| bad.then_some(what))

@@ -92,6 +92,17 @@ impl Pods {
                 self.store.update_sandbox(id, |r| r.network_attached = false)?;
             } else if !force {
                 return teardown;
+            } else {
+                // The record goes: no later Stop or Remove could retry this DEL.
+                match self.network.forget(id) {
+                    Ok(ips) => tracing::warn!(
+                        sandbox = id,
+                        ?ips,
+                        "cni DEL failed while the pod sandbox is removed anyway: its cached result is \
+                         dropped and IPAM may still hold its addresses"
+                    ),
+                    Err(e) => tracing::warn!(sandbox = id, error = %e, "dropping the cni cache"),
+                }
             }
         }
         super::files::unmount(&self.paths.sandbox_dir(id).join("shm"))?;

@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -108,6 +109,18 @@ impl Network for CniNetwork {
         tokio::spawn(async move { inner.teardown(&pod).await })
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("network teardown task failed: {e}"))))
+    }
+
+    fn forget(&self, pod_id: &str) -> Result<Vec<IpAddr>> {
+        check_id(pod_id)?;
+        let mut ips = Vec::new();
+        for file in self.inner.cache.find(pod_id, POD_IFNAME)? {
+            if let Some(view) = file.entry.and_then(|e| ResultView::parse(&e.result).ok()) {
+                ips.extend(view.pod_ips(POD_IFNAME));
+            }
+            self.inner.cache.remove(&file.path)?;
+        }
+        Ok(ips)
     }
 
     async fn check(&self, pod: &PodNetwork) -> Result<()> {
@@ -1045,6 +1058,19 @@ exit 0
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[1].stdin["prevResult"], converted(BRIDGE_RESULT));
         assert!(rig.cache_files().is_empty());
+
+        // A caller that cannot retry the teardown (the pod's record goes) forgets the entry, learning
+        // the addresses IPAM may still hold; no plugin runs.
+        rig.set("bridge", "DEL", "exit", "1");
+        rig.net.setup(&pod).await.unwrap_err();
+        assert_eq!(rig.cache_files(), ["testnet-sb-eth0"]);
+        rig.take_calls();
+        let ips = rig.net.forget("sb").unwrap();
+        assert_eq!(ips, ResultView::parse(&converted(BRIDGE_RESULT)).unwrap().pod_ips(POD_IFNAME));
+        assert!(!ips.is_empty());
+        assert!(rig.cache_files().is_empty());
+        assert!(rig.take_calls().is_empty());
+        assert_eq!(rig.net.forget("sb").unwrap(), Vec::<IpAddr>::new(), "nothing left to forget");
     }
 
     fn gone(pid: &str) -> bool {

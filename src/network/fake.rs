@@ -125,6 +125,13 @@ impl Network for FakeNetwork {
         Ok(())
     }
 
+    fn forget(&self, pod_id: &str) -> Result<Vec<IpAddr>> {
+        let mut s = self.lock();
+        s.calls.push(format!("forget {pod_id}"));
+        s.requests.remove(pod_id);
+        Ok(s.attached.remove(pod_id).map(|a| a.ips).unwrap_or_default())
+    }
+
     async fn check(&self, pod: &PodNetwork) -> Result<()> {
         let mut s = self.lock();
         s.calls.push(format!("check {}", pod.id));

@@ -35,6 +35,12 @@ pub trait Network: Send + Sync {
     /// Idempotent: tearing down a pod that is not attached, or whose namespace is gone, succeeds.
     async fn teardown(&self, pod: &PodNetwork) -> Result<()>;
 
+    /// Forgets what is kept to tear the pod down later (the cached results), without running a
+    /// plugin: for a pod whose record goes although its teardown failed (a failed RunPodSandbox
+    /// whose undo failed too), so that nothing is left that no Stop or Remove can ever reach.
+    /// Returns the addresses the plugins had assigned, which IPAM may still hold.
+    fn forget(&self, pod_id: &str) -> Result<Vec<IpAddr>>;
+
     /// Asks the plugins whether the pod's attachment is still as set up. Succeeds without asking
     /// when the network does not support checking (cniVersion below 0.4.0, or `disableCheck`).
     async fn check(&self, pod: &PodNetwork) -> Result<()>;
