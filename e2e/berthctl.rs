@@ -2,35 +2,12 @@
 //! exported OCI layout, import of `docker save` and OCI archives, content/snapshots/namespaces ls,
 //! and JSON output throughout.
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
+use crate::harness::berthd::{berthctl, berthctl_json as json};
 use crate::harness::{Berthd, Registry, images};
-
-fn berthctl(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
-        .arg("--address")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("running berthctl");
-    assert!(
-        out.status.success(),
-        "berthctl {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn json(socket: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    let text = berthctl(socket, &all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("berthctl {args:?}: not JSON ({e}): {text}"))
-}
 
 fn image_names(v: &Value) -> Vec<String> {
     v.as_array().expect("a list").iter().map(|i| i["name"].as_str().unwrap_or("").to_string()).collect()

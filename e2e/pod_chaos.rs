@@ -3,7 +3,8 @@
 //! RemovePodSandbox, three lives at a time), then started again, round after round. After each restart
 //! the pod that lives through every round is still ready with its container running, and the kubelet's
 //! cleanup (stop and remove every other pod it lists) brings the leak inventory back to what it was: no
-//! netns, mount, shim, process, cgroup, IP, veth or portmap rule survives a kill at any point.
+//! netns, mount, shim, process, cgroup, IP, veth, portmap rule, per-pod directory, CNI cache entry or
+//! rootfs snapshot survives a kill at any point.
 //!
 //! The kill delays come from a seed printed at the start; `BERTH_CHAOS_SEED=<n>` replays a run.
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 
+use crate::harness::berthd::berthctl_json;
 use crate::harness::leaks::{assert_back_to, processes};
 use crate::harness::net::free_port;
 use crate::harness::pod::PodConfig;
@@ -42,6 +44,20 @@ async fn life(cri: &mut Cri, pod: PodConfig, image: &str) -> Result<(), String> 
     cri.exec(&c, &["true"], 10).await.map_err(|e| format!("ExecSync: {e:?}"))?;
     cri.stop(&c, 10).await.map_err(|e| format!("StopContainer: {e:?}"))?;
     cri.stop_remove_pod(&id).await.map_err(|e| format!("stop/remove: {e:?}"))
+}
+
+/// The keys of the active (writable, container rootfs) snapshots, as `berthctl snapshots ls` lists them.
+fn active_snapshots(berthd: &Berthd) -> Vec<String> {
+    let v = berthctl_json(berthd.socket(), &["snapshots", "ls"]);
+    let mut keys: Vec<String> = v["snapshots"]
+        .as_array()
+        .expect("a snapshot list")
+        .iter()
+        .filter(|s| s["kind"] != "committed")
+        .map(|s| s["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// Waits until no CNI plugin works on a network namespace of `berthd`: one orphaned by the kill
@@ -87,6 +103,8 @@ async fn sigkill_at_random_points_of_pod_churn_leaves_nothing_behind() {
     let keeper_config = keeper_pod.container("main", &image).command(&["sleep", "100000"]).build();
     let keeper_c = cri.create_start(&keeper, &keeper_pod, keeper_config).await.expect("keeper container");
     let with_keeper = Leaks::of(&berthd);
+    let keeper_snapshots = active_snapshots(&berthd);
+    assert_eq!(keeper_snapshots.len(), 2, "the keeper's pause and container rootfs: {keeper_snapshots:?}");
 
     let mut lives_done = 0;
     for round in 0..ROUNDS {
@@ -149,6 +167,7 @@ async fn sigkill_at_random_points_of_pod_churn_leaves_nothing_behind() {
             .collect();
         assert!(left.is_empty(), "round {round}: containers outlived their pods: {left:?}");
         assert_back_to(&berthd, &with_keeper);
+        assert_eq!(active_snapshots(&berthd), keeper_snapshots, "round {round}: rootfs snapshots leaked");
     }
     eprintln!("pod_chaos: {ROUNDS} kills, {lives_done} whole pod lives in between");
 

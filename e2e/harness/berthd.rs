@@ -462,6 +462,31 @@ impl Drop for Berthd {
 }
 
 /// The signal that ended a process, if one did.
+/// Runs berthctl against `socket`; panics unless it succeeds. Returns its standard output.
+pub fn berthctl(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running berthctl");
+    assert!(
+        out.status.success(),
+        "berthctl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// [`berthctl`] with `-o json`, the output parsed.
+pub fn berthctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let text = berthctl(socket, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("berthctl {args:?}: not JSON ({e}): {text}"))
+}
+
 pub fn killed_by(status: ExitStatus) -> Option<i32> {
     status.signal()
 }
