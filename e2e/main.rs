@@ -25,6 +25,7 @@ mod container_stats;
 mod container_stop_timeout;
 mod container_user_caps;
 mod kubelet_habits;
+mod kubelet_pod_life;
 mod metrics_endpoint;
 mod pod_chaos;
 mod pod_churn;
