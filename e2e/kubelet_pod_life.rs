@@ -20,12 +20,14 @@ use crate::harness::{Berthd, Cri, Leaks, Registry, images};
 
 const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
+/// The label selector the kubelet lists one pod's sandboxes and containers with.
+fn of_pod(uid: &str) -> HashMap<String, String> {
+    HashMap::from([(POD_UID_LABEL.to_string(), uid.to_string())])
+}
+
 /// The PLEG's ListContainers for one pod: (name, attempt, state) of each, oldest first.
 async fn pod_containers(cri: &mut Cri, uid: &str) -> Vec<(String, u32, i32)> {
-    let filter = ContainerFilter {
-        label_selector: HashMap::from([(POD_UID_LABEL.to_string(), uid.to_string())]),
-        ..Default::default()
-    };
+    let filter = ContainerFilter { label_selector: of_pod(uid), ..Default::default() };
     let mut listed = cri
         .runtime
         .list_containers(ListContainersRequest { filter: Some(filter) })
@@ -84,7 +86,7 @@ async fn a_pod_from_sync_to_garbage_collection() {
     // A filter on state, as `crictl ps` sends it.
     let filter = ContainerFilter {
         state: Some(ContainerStateValue { state: running }),
-        label_selector: HashMap::from([(POD_UID_LABEL.to_string(), pod.uid().to_string())]),
+        label_selector: of_pod(pod.uid()),
         ..Default::default()
     };
     let listed = cri.runtime.list_containers(ListContainersRequest { filter: Some(filter) }).await;
@@ -118,10 +120,7 @@ async fn a_pod_from_sync_to_garbage_collection() {
             .await
             .expect("StopPodSandbox");
     }
-    let filter = PodSandboxFilter {
-        label_selector: HashMap::from([(POD_UID_LABEL.to_string(), pod.uid().to_string())]),
-        ..Default::default()
-    };
+    let filter = PodSandboxFilter { label_selector: of_pod(pod.uid()), ..Default::default() };
     let listed = cri
         .runtime
         .list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) })
