@@ -7,7 +7,7 @@
 //! subscriber that never reads (on a connection with a tiny window) holds up neither the first
 //! subscriber nor the runtime, and still gets its events once it reads.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1::{
     ContainerEventResponse, ContainerEventType, ContainerState, GetEventsRequest, PodSandboxState,
@@ -267,7 +267,6 @@ async fn a_subscriber_that_never_reads_blocks_nobody() {
     let mut events = Subscriber::new(&mut cri).await;
 
     const PODS: usize = 5;
-    let started = Instant::now();
     let mut expected = Vec::new();
     for i in 0..PODS {
         let pod = berthd.pod(&format!("busy{i}"));
@@ -283,7 +282,6 @@ async fn a_subscriber_that_never_reads_blocks_nobody() {
         .unwrap_or_else(|_| panic!("pod {i} took over a minute while a subscriber stalled"));
         expected.push((pod, ids));
     }
-    let took = started.elapsed();
 
     // The reading subscriber saw every pod's events, in order, while the other one stalled.
     for (pod, (s, c)) in &expected {
@@ -301,7 +299,6 @@ async fn a_subscriber_that_never_reads_blocks_nobody() {
         ];
         check_sequence(&got, pod, s, &want);
     }
-    assert!(took < Duration::from_secs(120), "{PODS} pods took {took:?}");
 
     // The stalled subscriber was only behind: reading now, it gets the first pod's events.
     let first = tokio::time::timeout(EVENT_TIMEOUT, stalled.message())

@@ -25,17 +25,17 @@ async fn output_exit_code_timeout_and_cap() {
     let r = cri.exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10).await.expect("ExecSync");
     assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"out\n"[..], &b"err\n"[..], 7));
 
+    // The command would run for a day: that the call comes back at all is the timeout at work.
     let started = Instant::now();
-    let err = cri.exec(&id, &["sleep", "37"], 2).await.expect_err("sleep 37 with a 2 s timeout succeeded");
+    let err = cri.exec(&id, &["sleep", "86437"], 2).await.expect_err("sleep with a 2 s timeout succeeded");
     let took = started.elapsed();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(took >= Duration::from_secs(2), "the timeout fired early: {took:?}");
-    assert!(took < Duration::from_secs(15), "the timeout was not honoured: {took:?}");
     // The timed-out command is killed, not left running in the container.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let ps = cri.sh(&id, "ps -o pid,args").await;
-        if !ps.contains("sleep 37") {
+        if !ps.contains("sleep 86437") {
             break;
         }
         assert!(Instant::now() < deadline, "the timed-out command still runs:\n{ps}");
@@ -44,13 +44,11 @@ async fn output_exit_code_timeout_and_cap() {
 
     // 40 MiB on stdout and 20 MiB on stderr: berth reads it all and keeps at most the cap of each,
     // in an answer that fits the kubelet's 16 MiB message limit (the harness client has the same).
-    let started = Instant::now();
     let script = "head -c 41943040 /dev/zero; head -c 20971520 /dev/zero >&2";
     let r = cri.exec(&id, &["sh", "-c", script], 60).await.expect("ExecSync of 60 MiB");
     assert_eq!(r.exit_code, 0);
     assert!(!r.stdout.is_empty() && r.stdout.len() <= CAP, "stdout of {} bytes", r.stdout.len());
     assert!(!r.stderr.is_empty() && r.stderr.len() <= CAP, "stderr of {} bytes", r.stderr.len());
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 
     // The container is unaffected.
     assert_eq!(cri.sh(&id, "echo still-here").await, "still-here\n");
