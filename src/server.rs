@@ -138,6 +138,8 @@ impl Daemon {
             metrics: metrics.clone(),
         })?;
         pods.recover().await;
+        // Importing the pause image and recovery are the start's bursts.
+        crate::mem::release_free_memory();
         let streams = Arc::new(stream_server(&config, pods.clone()).await?);
         tracing::info!(address = %streams.addr(), "streaming server listening");
         let runtime =

@@ -83,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let config = load(&cli)?;
     init_logging(&cli, &config)?;
+    berth::mem::configure_allocator();
     let workers = std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

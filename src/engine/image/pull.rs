@@ -126,7 +126,9 @@ impl Engine {
             }
             r
         });
-        task.await.map_err(|e| Error::internal(format!("pull task failed: {e}")))?
+        let pulled = task.await.map_err(|e| Error::internal(format!("pull task failed: {e}")));
+        crate::mem::release_free_memory();
+        pulled?
     }
 
     async fn pull_leased(
