@@ -27,12 +27,8 @@ impl Pods {
         if req.pod_sandbox_id.is_empty() {
             return Err(Error::invalid("CreateContainer: pod_sandbox_id must not be empty"));
         }
-        let sandbox_id = self
-            .store
-            .resolve_sandbox(&req.pod_sandbox_id)?
-            .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
-        let sandbox =
-            self.store.sandbox(&sandbox_id).ok_or_else(|| Error::not_found("pod sandbox vanished"))?;
+        let sandbox = self.store.find_sandbox(&req.pod_sandbox_id)?;
+        let sandbox_id = sandbox.id.clone();
         if sandbox.state != SandboxState::Ready {
             return Err(Error::precondition(format!("pod sandbox {sandbox_id} is not ready")));
         }
@@ -141,10 +137,7 @@ impl Pods {
             return Ok(None);
         }
         let target =
-            self.store
-                .resolve_container(&nso.target_id)?
-                .and_then(|id| self.store.container(&id))
-                .ok_or_else(|| Error::not_found(format!("target container {:?} not found", nso.target_id)))?;
+            self.store.find_container(&nso.target_id).map_err(|e| e.context("the pid namespace's target"))?;
         if target.state != ContainerState::Running || target.pid == 0 {
             return Err(Error::precondition(format!("target container {} is not running", target.id)));
         }

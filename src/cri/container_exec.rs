@@ -20,16 +20,9 @@ impl Pods {
     /// The record of the running container `id` (or a unique prefix of it): NotFound if unknown,
     /// FailedPrecondition if not running.
     pub(crate) fn running(&self, id: &str) -> Result<super::store::ContainerRecord> {
-        let id = self
-            .store
-            .resolve_container(id)?
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
-        let rec = self
-            .store
-            .container(&id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let rec = self.store.find_container(id)?;
         if rec.state != ContainerState::Running {
-            return Err(Error::precondition(format!("container {id} is not running")));
+            return Err(Error::precondition(format!("container {} is not running", rec.id)));
         }
         Ok(rec)
     }
@@ -77,16 +70,11 @@ impl Pods {
         self: &Arc<Self>,
         req: api::UpdateContainerResourcesRequest,
     ) -> Result<()> {
-        let id = self
-            .store
-            .resolve_container(&req.container_id)?
-            .ok_or_else(|| Error::not_found(format!("container {:?} not found", req.container_id)))?;
+        let id = self.store.find_container(&req.container_id)?.id;
         let lock = self.store.lock(&id);
         let _guard = lock.lock().await;
-        let rec = self
-            .store
-            .container(&id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        // Again under the lock: a Remove may have run in between.
+        let rec = self.store.find_container(&id)?;
         let Some(linux) = req.linux else { return Ok(()) };
         let mut resources = super::spec::container_resources(Some(&linux), &self.env, Vec::new())?;
         resources.set_devices(None);

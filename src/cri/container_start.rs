@@ -15,16 +15,11 @@ pub const START_ERROR_EXIT_CODE: i32 = 128;
 
 impl Pods {
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
-        let id = self
-            .store
-            .resolve_container(id)?
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let id = self.store.find_container(id)?.id;
         let lock = self.store.lock(&id);
         let _guard = lock.lock().await;
-        let rec = self
-            .store
-            .container(&id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        // Again under the lock: a Remove may have run in between.
+        let rec = self.store.find_container(&id)?;
         if rec.state != ContainerState::Created {
             return Err(Error::precondition(format!(
                 "container {id} is not in created state: {}",

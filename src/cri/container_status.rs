@@ -8,7 +8,7 @@ use super::api;
 use super::pods::Pods;
 use super::sandbox_status::matches_selector;
 use super::store::{ContainerRecord, ContainerState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn state(s: ContainerState) -> api::ContainerState {
     match s {
@@ -100,14 +100,8 @@ impl Pods {
     }
 
     pub fn container_status(&self, req: api::ContainerStatusRequest) -> Result<api::ContainerStatusResponse> {
-        let id = self
-            .store
-            .resolve_container(&req.container_id)?
-            .ok_or_else(|| Error::not_found(format!("container {:?} not found", req.container_id)))?;
-        let c = self
-            .store
-            .container(&id)
-            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
+        let c = self.store.find_container(&req.container_id)?;
+        let id = c.id.clone();
         let mut info = HashMap::new();
         if req.verbose {
             let spec = std::fs::read(self.paths.bundle(&id).join("config.json"))

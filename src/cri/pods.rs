@@ -254,11 +254,9 @@ impl Pods {
     /// The record of the ready sandbox `id` (or a unique prefix of it): NotFound if unknown,
     /// FailedPrecondition if not ready.
     pub(crate) fn ready_sandbox(&self, id: &str) -> Result<SandboxRecord> {
-        let not_found = || Error::not_found(format!("pod sandbox {id:?} not found"));
-        let full = self.store.resolve_sandbox(id)?.ok_or_else(not_found)?;
-        let rec = self.store.sandbox(&full).ok_or_else(not_found)?;
+        let rec = self.store.find_sandbox(id)?;
         if rec.state != SandboxState::Ready {
-            return Err(Error::precondition(format!("pod sandbox {full} is not ready")));
+            return Err(Error::precondition(format!("pod sandbox {} is not ready", rec.id)));
         }
         Ok(rec)
     }

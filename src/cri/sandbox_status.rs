@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::api;
 use super::pods::{Pods, namespace_options};
 use super::store::{SandboxRecord, SandboxState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn state(s: SandboxState) -> api::PodSandboxState {
     match s {
@@ -54,14 +54,8 @@ impl Pods {
         &self,
         req: api::PodSandboxStatusRequest,
     ) -> Result<api::PodSandboxStatusResponse> {
-        let id = self
-            .store
-            .resolve_sandbox(&req.pod_sandbox_id)?
-            .ok_or_else(|| Error::not_found(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
-        let r = self
-            .store
-            .sandbox(&id)
-            .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
+        let r = self.store.find_sandbox(&req.pod_sandbox_id)?;
+        let id = r.id.clone();
         let mut info = HashMap::new();
         if req.verbose {
             let v = serde_json::json!({

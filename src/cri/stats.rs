@@ -461,15 +461,10 @@ impl Pods {
     pub async fn container_stats(self: &Arc<Self>, id: String) -> Result<api::ContainerStatsResponse> {
         let pods = self.clone();
         blocking(move || {
-            let full = pods
-                .store
-                .resolve_container(&id)?
-                .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))?;
-            let c = pods
-                .store
-                .container(&full)
-                .filter(|c| c.state != ContainerState::Creating)
-                .ok_or_else(|| Error::not_found(format!("container {full:?} not found")))?;
+            let c = pods.store.find_container(&id)?;
+            if c.state == ContainerState::Creating {
+                return Err(Error::not_found(format!("container {id:?} not found")));
+            }
             Ok(api::ContainerStatsResponse {
                 stats: Some(pods.container_stats_of(&c, &pods.sample_container(&c))),
             })
@@ -495,17 +490,10 @@ impl Pods {
     pub async fn pod_sandbox_stats(self: &Arc<Self>, id: String) -> Result<api::PodSandboxStatsResponse> {
         let pods = self.clone();
         blocking(move || {
-            let full = pods
-                .store
-                .resolve_sandbox(&id)?
-                .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
-            let s = pods
-                .store
-                .sandbox(&full)
-                .ok_or_else(|| Error::not_found(format!("pod sandbox {full:?} not found")))?;
+            let s = pods.store.find_sandbox(&id)?;
             let stats = pods
                 .pod_sandbox_stats_of(&s)
-                .ok_or_else(|| Error::unavailable(format!("pod sandbox {full:?} is not ready")))?;
+                .ok_or_else(|| Error::unavailable(format!("pod sandbox {:?} is not ready", s.id)))?;
             Ok(api::PodSandboxStatsResponse { stats: Some(stats) })
         })
         .await

@@ -244,6 +244,22 @@ impl Store {
         resolve(id, inner.containers.keys(), "container")
     }
 
+    /// The record of the sandbox `id` names (itself or a unique prefix); NotFound if none.
+    pub fn find_sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        let inner = self.inner.lock().unwrap();
+        resolve(id, inner.sandboxes.keys(), "pod sandbox")?
+            .and_then(|full| inner.sandboxes.get(&full).cloned())
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))
+    }
+
+    /// The record of the container `id` names (itself or a unique prefix); NotFound if none.
+    pub fn find_container(&self, id: &str) -> Result<ContainerRecord> {
+        let inner = self.inner.lock().unwrap();
+        resolve(id, inner.containers.keys(), "container")?
+            .and_then(|full| inner.containers.get(&full).cloned())
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))
+    }
+
     /// Inserts or replaces a sandbox record (database first).
     pub fn put_sandbox(&self, rec: SandboxRecord) -> Result<()> {
         let mut inner = self.inner.lock().unwrap();
@@ -420,5 +436,12 @@ mod tests {
         assert_eq!(s.resolve_sandbox("zz").unwrap(), None);
         assert!(s.resolve_sandbox("").is_err());
         assert_eq!(new_id().len(), 64);
+        // The records, by full id or prefix; NotFound names what was asked for.
+        assert_eq!(s.find_sandbox("abc").unwrap().id, "abc1");
+        assert_eq!(s.find_sandbox("abd2").unwrap().id, "abd2");
+        let e = s.find_sandbox("zz").unwrap_err();
+        assert_eq!((e.kind(), e.to_string().contains("\"zz\"")), (ErrorKind::NotFound, true), "{e}");
+        assert_ne!(s.find_sandbox("ab").unwrap_err().kind(), ErrorKind::NotFound, "ambiguous is not absent");
+        assert_eq!(s.find_container("abc").unwrap_err().kind(), ErrorKind::NotFound);
     }
 }
