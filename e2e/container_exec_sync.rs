@@ -1,14 +1,40 @@
 //! ExecSync as the kubelet's exec probes use it: stdout, stderr and the exit code come back; a command
 //! running past its timeout fails with DeadlineExceeded soon after the timeout and is killed inside the
-//! container; a command writing far more than berth keeps returns at most the cap, without hanging.
+//! container; a call whose gRPC deadline passes ends with DeadlineExceeded; a command writing far more
+//! than berth keeps returns at most the cap, without hanging.
 
 use std::time::{Duration, Instant};
 
 use berth::cri::container_exec::EXEC_SYNC_MAX_OUTPUT as CAP;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};
+
+/// A RuntimeService client straight on an HTTP/2 connection to `socket`, without tonic's Channel
+/// (whose own timer would answer a deadline before berth could).
+async fn raw_runtime_client(
+    socket: &std::path::Path,
+) -> RuntimeServiceClient<
+    impl tonic::client::GrpcService<
+        tonic::body::Body,
+        Error = hyper::Error,
+        ResponseBody = hyper::body::Incoming,
+        Future = impl Send,
+    > + Clone,
+> {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await.expect("connecting"));
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let svc = tower::service_fn(move |req| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(req).await }
+    });
+    RuntimeServiceClient::with_origin(svc, "http://localhost".parse().unwrap())
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn output_exit_code_timeout_and_cap() {
@@ -41,6 +67,19 @@ async fn output_exit_code_timeout_and_cap() {
         assert!(Instant::now() < deadline, "the timed-out command still runs:\n{ps}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The client's own deadline (the kubelet's `timeout + cmd timeout`, critest's short pulls) reaches
+    // berth as grpc-timeout. Sent by a client that does not enforce it itself (tonic's Channel would),
+    // the answer is berth's, and must be DEADLINE_EXCEEDED as gRPC and the kubelet have it.
+    let mut raw = raw_runtime_client(berthd.socket()).await;
+    let mut req = tonic::Request::new(k8s_cri::v1::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "86441".into()],
+        timeout: 0,
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let err = raw.exec_sync(req).await.expect_err("ExecSync past its grpc deadline succeeded");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
 
     // 40 MiB on stdout and 20 MiB on stderr: berth reads it all and keeps at most the cap of each,
     // in an answer that fits the kubelet's 16 MiB message limit (the harness client has the same).

@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 use crate::network::{CniNetwork, CniOptions};
 use crate::task::ProcessShimLauncher;
 
+mod deadline;
+
 /// How long in-flight calls may run after a shutdown signal before berthd exits anyway.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -209,6 +211,7 @@ impl Daemon {
             let _ = streams_stop_tx.send(());
         });
         let server = tonic::transport::Server::builder()
+            .layer(deadline::DeadlineLayer)
             .add_service(runtime)
             .add_service(images)
             .add_service(admin)
