@@ -29,7 +29,7 @@ impl Pods {
         }
         self.stop_pause(id).await?;
         self.release_network(id, false).await?;
-        if self.store.sandbox(id).is_some_and(|rec| rec.state != SandboxState::Creating) {
+        if self.store.sandbox(id).is_some() {
             // Decided under the store's lock: the pause's exit event may be recording this stop too.
             let mut was_ready = false;
             self.store.update_sandbox(id, |r| {

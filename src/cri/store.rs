@@ -277,8 +277,10 @@ impl Store {
             .cloned()
             .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))?;
         f(&mut rec);
-        self.db.write(|tx| tx.put(&SANDBOXES, id, &rec))?;
-        inner.sandboxes.insert(id.to_string(), rec.clone());
+        if inner.sandboxes.get(id) != Some(&rec) {
+            self.db.write(|tx| tx.put(&SANDBOXES, id, &rec))?;
+            inner.sandboxes.insert(id.to_string(), rec.clone());
+        }
         Ok(rec)
     }
 
