@@ -28,6 +28,9 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: the OCI runtime inherits it (see SHIM_UMASK); the shim's own
+    // files get explicit private modes.
+    berth::fsutil::set_umask(berth::fsutil::SHIM_UMASK);
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::api;
 use crate::error::{Context, Result};
+use crate::fsutil::write_atomic;
 
 /// Size of a pod's /dev/shm (containerd's and docker's default).
 pub const SHM_SIZE: &str = "65536k";
@@ -38,22 +39,20 @@ pub fn hosts(hostname: &str, ip: Option<&str>) -> String {
     out
 }
 
-/// Writes `data` to `path` atomically.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).context(|| format!("renaming {}", path.display()))
-}
+/// The mode of the files containers read through bind mounts (/etc/hosts, /etc/hostname,
+/// /etc/resolv.conf): any user in the container reads them; the sandbox directory holding them
+/// is private, so no host user reaches them.
+const CONTAINER_READABLE: u32 = 0o644;
 
 /// Writes hostname and resolv.conf for a sandbox into `dir`: what the pause container needs, known
 /// before the pod has an address.
 pub fn write_sandbox_files(dir: &Path, hostname: &str, dns: Option<&api::DnsConfig>) -> Result<()> {
-    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes(), CONTAINER_READABLE)?;
     let resolv = match resolv_conf(dns) {
         r if r.is_empty() => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
         r => r.into_bytes(),
     };
-    write_atomic(&dir.join("resolv.conf"), &resolv)
+    write_atomic(&dir.join("resolv.conf"), &resolv, CONTAINER_READABLE)
 }
 
 /// Writes a sandbox's hosts file into `dir`: the host's own for a host-network pod, else one
@@ -64,7 +63,7 @@ pub fn write_hosts(dir: &Path, hostname: &str, host_network: bool, ip: Option<&s
     } else {
         self::hosts(hostname, ip).into_bytes()
     };
-    write_atomic(&dir.join("hosts"), &hosts)
+    write_atomic(&dir.join("hosts"), &hosts, CONTAINER_READABLE)
 }
 
 /// Mounts the pod's /dev/shm tmpfs at `path` (created if needed).

@@ -312,6 +312,7 @@ impl Pods {
     pub fn write_spec(&self, id: &str, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let json = serde_json::to_vec_pretty(spec)
             .map_err(|e| Error::internal(format!("encoding spec of {id}: {e}")))?;
-        super::files::write_atomic(&self.paths.bundle(id).join("config.json"), &json)
+        // It holds the container's environment: Kubernetes secrets.
+        crate::fsutil::write_atomic(&self.paths.bundle(id).join("config.json"), &json, 0o600)
     }
 }

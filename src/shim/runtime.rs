@@ -7,7 +7,7 @@
 //! which owns `waitpid`.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,13 @@ impl RuntimeDriver {
         match stdio.stderr {
             Some(stderr) => cmd.stderr(stderr),
             None => cmd.stderr(
-                File::create(&err_path).context(|| format!("{what}: creating {}", err_path.display()))?,
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&err_path)
+                    .context(|| format!("{what}: creating {}", err_path.display()))?,
             ),
         };
 

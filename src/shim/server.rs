@@ -542,7 +542,7 @@ impl Shim {
             spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()),
             &id,
         );
-        std::fs::create_dir_all(dir).context(|| format!("{what}: creating {}", dir.display()))?;
+        crate::fsutil::create_dir_all_with_mode(dir, 0o700).map_err(|e| e.context(&what))?;
         let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
         let log = Arc::new(Mutex::new(LogFile::open(log_path.as_deref()).map_err(|e| e.context(&what))?));
         let pid_file = dir.join("init.pid");
@@ -856,8 +856,8 @@ impl Shim {
         let process = dir.join(format!("exec-{seq}.json"));
         let pid = dir.join(format!("exec-{seq}.pid"));
         let _cleanup = RemoveOnDrop(vec![process.clone(), pid.clone()]);
-        std::fs::write(&process, process_json)
-            .context(|| format!("{what}: writing {}", process.display()))?;
+        // The process holds its environment: secrets.
+        crate::fsutil::write_private(&process, process_json).map_err(|e| e.context(what))?;
         Ok(ExecFiles { process, pid, _cleanup })
     }
 
@@ -1049,8 +1049,7 @@ impl Shim {
         // A file, not stdin: a pipe could fill before the runtime reads it.
         let file = dir.join(format!("update-{seq}.json"));
         let _file = RemoveOnDrop(vec![file.clone()]);
-        std::fs::write(&file, &req.resources_json)
-            .context(|| format!("{what}: writing {}", file.display()))?;
+        crate::fsutil::write_private(&file, &req.resources_json).map_err(|e| e.context(&what))?;
         self.runtime
             .run(
                 &dir,

@@ -10,8 +10,6 @@
 //!
 //! This module must never interpret the records beyond parsing them.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +54,7 @@ pub struct StatusRecord {
 pub fn write(container_dir: &Path, record: &StatusRecord) -> Result<()> {
     let json =
         serde_json::to_vec(record).context(|| format!("encoding the status of container {}", record.id))?;
-    write_atomic(&container_dir.join(STATUS_FILE), &json)
+    crate::fsutil::write_atomic(&container_dir.join(STATUS_FILE), &json, 0o600)
 }
 
 /// Reads `<container dir>/status.json`.
@@ -97,28 +95,6 @@ pub fn read_all(pod_dir: &Path) -> Result<Vec<StatusRecord>> {
     }
     records.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(records)
-}
-
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
-/// never a mix: write a temp file, fsync it, rename it over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = Path::new(&tmp);
-    let result = (|| {
-        let mut file = File::create(tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    result.context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
