@@ -255,6 +255,11 @@ impl Unpacker {
         Err(e.context(format!("unpacking layer {digest}")))
     }
 
+    /// Whether the layer stack `chain` is already unpacked (its committed snapshot exists).
+    pub fn is_unpacked(&self, chain: &Digest) -> Result<bool> {
+        self.is_committed(&chain.to_string())
+    }
+
     fn is_committed(&self, name: &str) -> Result<bool> {
         match self.snapshots.stat(name) {
             Ok(info) if info.kind == SnapshotKind::Committed => Ok(true),
