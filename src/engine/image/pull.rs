@@ -20,7 +20,7 @@ use super::registry::Fetcher;
 use super::store::{ImageInfo, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, check_manifest, select_manifest};
 use super::unpack::LayerToUnpack;
 use crate::engine::digest::Digest;
-use crate::engine::oci::{self, Descriptor, ImageConfig, Parsed, Platform};
+use crate::engine::oci::{self, Descriptor, Parsed, Platform};
 use crate::engine::{Engine, lease};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -173,8 +173,7 @@ impl Engine {
             }
         };
         let config_bytes = self.fetch_small(ns, lease, &fetcher, &manifest.config, MAX_CONFIG_BYTES).await?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::invalid(format!("image {reference}: invalid image config: {e}")))?;
+        let config = oci::parse_config(&config_bytes).map_err(|e| e.context(format!("image {reference}")))?;
         check_manifest(&manifest, &config, &manifest_desc.digest)?;
         let chain = oci::chain_ids(&config.rootfs.diff_ids);
 
