@@ -35,6 +35,7 @@ mod pod_host_network;
 mod pod_host_port;
 mod pod_multi_container;
 mod pod_restart_recovery;
+mod pod_shim_death;
 mod streaming;
 
 mod image_auth;

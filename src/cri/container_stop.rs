@@ -44,7 +44,7 @@ impl Pods {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::Unavailable || e.is_not_found() => {
                 // No shim: the container cannot be running any more.
-                self.shim_gone(&rec.sandbox_id);
+                self.shim_gone(&rec.sandbox_id).await;
                 return Ok(());
             }
             Err(e) => return Err(e),

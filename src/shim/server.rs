@@ -108,6 +108,7 @@ impl Container {
             started_at: nanos(self.started_at),
             exited_at: nanos(exit.map(|e| e.at)),
             oom_killed: exit.is_some_and(|e| e.oom_killed),
+            reclaimed: false,
         }
     }
 
@@ -299,12 +300,7 @@ impl Shim {
     /// A shim with no containers, driving the runtime named in `config`.
     pub fn new(config: ShimConfig) -> Arc<Shim> {
         let reaper = Arc::new(Mutex::new(Reaper::default()));
-        let runtime = RuntimeDriver::new(
-            config.runtime.clone(),
-            config.runtime_root.clone(),
-            config.runtime_args.iter().map(Into::into).collect(),
-            reaper.clone(),
-        );
+        let runtime = RuntimeDriver::for_config(&config, reaper.clone());
         Arc::new(Shim {
             config,
             runtime,

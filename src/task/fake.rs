@@ -237,6 +237,7 @@ impl ShimApi for FakeShim {
                     started_at: None,
                     exited_at: None,
                     oom_killed: false,
+                    reclaimed: false,
                 },
                 exited: watch::channel(None).0,
             };
@@ -405,6 +406,7 @@ impl ShimApi for FakeShim {
 pub struct FakeShimLauncher {
     shims: Mutex<HashMap<PathBuf, Arc<FakeShim>>>,
     launches: Mutex<Vec<LaunchOptions>>,
+    cleanups: Mutex<Vec<PathBuf>>,
 }
 
 impl FakeShimLauncher {
@@ -421,6 +423,11 @@ impl FakeShimLauncher {
     /// Every launch request so far.
     pub fn launches(&self) -> Vec<LaunchOptions> {
         lock(&self.launches).clone()
+    }
+
+    /// The pod directories `cleanup` was asked for so far.
+    pub fn cleanups(&self) -> Vec<PathBuf> {
+        lock(&self.cleanups).clone()
     }
 }
 
@@ -443,6 +450,13 @@ impl ShimLauncher for FakeShimLauncher {
                 Some(shim) if !shim.is_shut_down() => Ok(shim.clone() as Arc<dyn ShimApi>),
                 _ => Err(Error::unavailable(format!("no shim serves {}", dir.display()))),
             }
+        })
+    }
+
+    fn cleanup<'a>(&'a self, opts: &'a LaunchOptions) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            lock(&self.cleanups).push(opts.dir.clone());
+            Ok(())
         })
     }
 }
