@@ -36,6 +36,12 @@ impl Pods {
                 },
             )?;
         let shim = self.shim(&sandbox.id).await?;
+        // As containerd: the target of a TARGET pid namespace is checked again, since it may have
+        // exited (and its pid been reused) since the spec named it.
+        if let Err(e) = self.target_pid(&rec.config, &sandbox.id) {
+            self.start_failed(&id, &e)?;
+            return Err(e.context(format!("starting container {id}")));
+        }
         if let Some(log) = &rec.log_path
             && let Some(dir) = log.parent()
         {
@@ -82,17 +88,24 @@ impl Pods {
             }
             Err(e) => {
                 let _ = shim.delete(&id).await;
-                let now = now_nanos();
-                self.store.update_container(&id, |r| {
-                    r.state = ContainerState::Exited;
-                    r.started_at = now;
-                    r.finished_at = now;
-                    r.exit_code = START_ERROR_EXIT_CODE;
-                    r.reason = "StartError".into();
-                    r.message = e.to_string();
-                })?;
+                self.start_failed(&id, &e)?;
                 Err(e.context(format!("starting container {id}")))
             }
         }
+    }
+
+    /// Records a container that could not start as exited with reason "StartError" and the error as
+    /// its message, as containerd reports it.
+    fn start_failed(&self, id: &str, e: &Error) -> Result<()> {
+        let now = now_nanos();
+        self.store.update_container(id, |r| {
+            r.state = ContainerState::Exited;
+            r.started_at = now;
+            r.finished_at = now;
+            r.exit_code = START_ERROR_EXIT_CODE;
+            r.reason = "StartError".into();
+            r.message = e.to_string();
+        })?;
+        Ok(())
     }
 }
