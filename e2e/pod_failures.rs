@@ -128,10 +128,11 @@ exec runc "$@"
 "#;
     std::fs::write(&script, fake).expect("writing the runtime script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    berthd.config.runtimes.handlers.insert(
-        "broken".into(),
-        RuntimeHandler { binary: script, root: Default::default(), options: Vec::new() },
-    );
+    berthd
+        .config
+        .runtimes
+        .handlers
+        .insert("broken".into(), RuntimeHandler { binary: script, ..Default::default() });
     berthd.start();
     let before = Leaks::of(&berthd);
     let mut cri = berthd.cri().await;

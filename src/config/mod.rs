@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod glob;
+
 /// The commented default configuration, printed by `berthd config default`. A unit test keeps it
 /// identical to [`Config::default`] and makes sure every key is in it.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -140,6 +142,11 @@ pub struct RuntimeHandler {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub options: Vec<String>,
+    /// Pod annotations (glob patterns, see [`glob`]) copied into the OCI specs of the pod's pause and
+    /// containers. Annotations can configure an OCI runtime, so none pass unless named here.
+    pub pod_annotations: Vec<String>,
+    /// Container annotations (glob patterns) copied into the container's OCI spec.
+    pub container_annotations: Vec<String>,
 }
 
 impl Default for Config {
@@ -222,7 +229,13 @@ impl Default for Runtimes {
 
 impl Default for RuntimeHandler {
     fn default() -> Self {
-        RuntimeHandler { binary: "runc".into(), root: PathBuf::new(), options: Vec::new() }
+        RuntimeHandler {
+            binary: "runc".into(),
+            root: PathBuf::new(),
+            options: Vec::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
+        }
     }
 }
 
@@ -339,6 +352,18 @@ impl Config {
             if h.binary.as_os_str().is_empty() {
                 return bad(&format!("runtimes.handlers.{name}.binary"), "must not be empty".into());
             }
+            for (key, patterns) in
+                [("pod_annotations", &h.pod_annotations), ("container_annotations", &h.container_annotations)]
+            {
+                for p in patterns {
+                    if let Err(glob::BadPattern(why)) = glob::validate(p) {
+                        return bad(
+                            &format!("runtimes.handlers.{name}.{key}"),
+                            format!("pattern {p:?} {why}"),
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -441,6 +466,10 @@ mod tests {
         assert!(err.contains("runtimes.default"), "{err}");
         let err = Config::parse("version = 2\n").unwrap_err().to_string();
         assert!(err.contains("`version`"), "{err}");
+        let err = Config::parse("[runtimes.handlers.runc]\npod_annotations = [\"io.kata.[\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runtimes.handlers.runc.pod_annotations") && err.contains("io.kata.["), "{err}");
         let err = Config::parse("[metrics]\naddress = \"nowhere\"\n").unwrap_err().to_string();
         assert!(err.contains("metrics.address"), "{err}");
         let long = format!("[grpc]\naddress = \"/tmp/{}\"\n", "s".repeat(110));

@@ -101,6 +101,11 @@ impl Pods {
                     .as_ref()
                     .map(|l| l.cgroup_parent.clone())
                     .unwrap_or_default(),
+                // A handler removed from the configuration since the pod started passes nothing.
+                passthrough: self
+                    .handler(&sandbox.runtime_handler)
+                    .map(|(_, h)| spec::Passthrough::of(&h))
+                    .unwrap_or_default(),
             };
             let image_name = if image_spec.user_specified_image.is_empty() {
                 found.repo_tags.first().cloned().unwrap_or_else(|| image_spec.image.clone())

@@ -253,6 +253,7 @@ impl Pods {
                 resolv_conf_path: dir.join("resolv.conf"),
                 shm_path: shm,
                 cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+                passthrough: spec::Passthrough::of(handler),
             };
             let spec = spec::sandbox_spec(config, &ctx, &image.config, &rootfs, &self.env)?;
             self.write_spec(id, &spec)?;

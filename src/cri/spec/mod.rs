@@ -25,7 +25,7 @@ use oci_spec::runtime::{
     LinuxNamespace, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
-use crate::config::CgroupDriver;
+use crate::config::{CgroupDriver, glob};
 use crate::cri::api::{self, NamespaceMode};
 use crate::engine::oci::ImageConfig;
 use crate::error::{Context, Error, Result};
@@ -80,6 +80,24 @@ pub struct SandboxContext {
     pub shm_path: Option<PathBuf>,
     /// The pod cgroup as the kubelet sent it.
     pub cgroup_parent: String,
+    /// Which request annotations the pod's runtime handler lets into its specs.
+    pub passthrough: Passthrough,
+}
+
+/// A runtime handler's allowlists of request annotations copied into OCI specs (glob patterns, see
+/// [`crate::config::glob`]); empty lists copy nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Passthrough {
+    /// For the pod's annotations, in the pause's and every container's spec.
+    pub pod: Vec<String>,
+    /// For a container's own annotations, in its spec.
+    pub container: Vec<String>,
+}
+
+impl Passthrough {
+    pub fn of(handler: &crate::config::RuntimeHandler) -> Passthrough {
+        Passthrough { pod: handler.pod_annotations.clone(), container: handler.container_annotations.clone() }
+    }
 }
 
 /// Facts about the node and runtime, computed once by berthd ([`detect_runtime_env`]).
@@ -355,21 +373,22 @@ fn clamp_oom_score_adj(adj: i64, env: &RuntimeEnv, field: &str) -> Result<i32> {
     Ok(if !env.can_lower_oom_score_adj && adj < env.own_oom_score_adj { env.own_oom_score_adj } else { adj })
 }
 
-/// Annotations an OCI runtime interprets (runc's systemd properties and CRIU config, crun's
-/// `run.oci.*`) and berth's own keys are not taken from the request: a pod must not configure
-/// its runtime through them.
-fn passthrough_annotation(key: &str) -> bool {
-    !["io.kubernetes.cri.", "org.systemd.property.", "org.criu.", "run.oci."]
-        .iter()
-        .any(|p| key.starts_with(p))
-}
+/// berth's own annotation keys: set by berth, never taken from a request.
+const BERTH_ANNOTATION_PREFIX: &str = "io.kubernetes.cri.";
 
-fn base_annotations(from_request: &HashMap<String, String>) -> HashMap<String, String> {
-    from_request
-        .iter()
-        .filter(|(k, _)| passthrough_annotation(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+/// Copies the request annotations an allowlist names into `out`. Annotations configure OCI runtimes
+/// (runc's `org.systemd.property.*`, crun's `run.oci.*`, kata's `io.katacontainers.*`), so a pod
+/// gets only what the node's operator allowed for its runtime handler.
+fn passthrough(
+    from_request: &HashMap<String, String>,
+    patterns: &[String],
+    out: &mut HashMap<String, String>,
+) {
+    for (k, v) in from_request {
+        if !k.starts_with(BERTH_ANNOTATION_PREFIX) && patterns.iter().any(|p| glob::matches(p, k)) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 fn sandbox_annotations(out: &mut HashMap<String, String>, sandbox_id: &str, sandbox: &api::PodSandboxConfig) {
@@ -712,7 +731,8 @@ pub fn sandbox_spec(
         &seccomp::Target { bounding: &caps.bounding, arch: std::env::consts::ARCH, kernel: env.kernel },
     )?;
 
-    let mut ann = base_annotations(&config.annotations);
+    let mut ann = HashMap::new();
+    passthrough(&config.annotations, &ctx.passthrough.pod, &mut ann);
     sandbox_annotations(&mut ann, &ctx.id, config);
     ann.insert(annotations::SANDBOX_LOG_DIR.into(), config.log_directory.clone());
     ann.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_SANDBOX.into());
@@ -969,7 +989,9 @@ pub fn container_spec(
         env.apparmor_enabled,
     )?;
 
-    let mut ann = base_annotations(&config.annotations);
+    let mut ann = HashMap::new();
+    passthrough(&sandbox.annotations, &ctx.passthrough.pod, &mut ann);
+    passthrough(&config.annotations, &ctx.passthrough.container, &mut ann);
     sandbox_annotations(&mut ann, &ctx.id, sandbox);
     ann.insert(annotations::CONTAINER_NAME.into(), meta.name);
     ann.insert(annotations::IMAGE_NAME.into(), image_name.into());
@@ -1079,6 +1101,7 @@ mod tests {
             resolv_conf_path: dir.path().join("resolv.conf"),
             shm_path: Some(dir.path().join("shm")),
             cgroup_parent: "/kubepods/besteffort/poduid-1".into(),
+            passthrough: Passthrough::default(),
         };
         Pod { dir, ctx }
     }
@@ -1351,7 +1374,8 @@ mod tests {
         assert_eq!(mount_of(&s, "/dev/shm").source().as_ref().unwrap(), Path::new(&p.path("shm")));
 
         let a = s.annotations().as_ref().unwrap();
-        assert_eq!(a["io.kubernetes.container.hash"], "abc");
+        assert!(!a.contains_key("io.kubernetes.container.hash"), "no allowlist, no request annotations");
+        assert!(!a.contains_key("kubernetes.io/config.source"));
         assert_eq!(a[annotations::CONTAINER_TYPE], "container", "berth's keys cannot be spoofed");
         assert!(!a.contains_key("org.systemd.property.CPUQuota"));
         assert_eq!(a[annotations::SANDBOX_ID], "sb1");
@@ -1757,6 +1781,55 @@ mod tests {
         assert_eq!(rules.last().unwrap().access().as_deref(), Some("rw"));
     }
 
+    /// Issue 8 item 6: request annotations reach a spec only through the runtime handler's allowlists
+    /// (containerd's `pod_annotations` / `container_annotations`), never berth's own keys.
+    #[test]
+    fn request_annotations_pass_only_through_the_handlers_allowlists() {
+        let mut p = pod();
+        let mut sb = kubelet_sandbox();
+        for (k, v) in [
+            ("io.katacontainers.config.hypervisor.kernel_params", "init=/bin/sh"),
+            ("run.oci.keep_original_groups", "1"),
+            ("io.kubernetes.cri.sandbox-log-directory", "/etc"),
+        ] {
+            sb.annotations.insert(k.into(), v.into());
+        }
+        let mut c = kubelet_container(&p);
+        c.annotations.insert("io.katacontainers.container.resource".into(), "x".into());
+        let request_keys = |a: &HashMap<String, String>| {
+            let mut keys: Vec<String> =
+                a.keys().filter(|k| !k.starts_with(BERTH_ANNOTATION_PREFIX)).cloned().collect();
+            keys.sort();
+            keys
+        };
+
+        let s = sandbox_spec(&sb, &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        assert_eq!(request_keys(s.annotations().as_ref().unwrap()), Vec::<String>::new());
+        let s = build(&p, &c, &sb, &test_env()).unwrap();
+        assert_eq!(request_keys(s.annotations().as_ref().unwrap()), Vec::<String>::new());
+
+        p.ctx.passthrough = Passthrough {
+            pod: strings(&["io.katacontainers.*", "io.kubernetes.cri.*"]),
+            container: strings(&["io.kubernetes.container.*", "io.katacontainers.container.*"]),
+        };
+        let s = sandbox_spec(&sb, &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        let a = s.annotations().as_ref().unwrap();
+        assert_eq!(request_keys(a), strings(&["io.katacontainers.config.hypervisor.kernel_params"]));
+        assert_eq!(a[annotations::SANDBOX_LOG_DIR], "/var/log/pods/default_nginx_uid-1");
+        let s = build(&p, &c, &sb, &test_env()).unwrap();
+        let a = s.annotations().as_ref().unwrap();
+        assert_eq!(
+            request_keys(a),
+            strings(&[
+                "io.katacontainers.config.hypervisor.kernel_params",
+                "io.katacontainers.container.resource",
+                "io.kubernetes.container.hash"
+            ])
+        );
+        assert_eq!(a[annotations::CONTAINER_TYPE], "container");
+        assert!(!a.contains_key(annotations::SANDBOX_LOG_DIR));
+    }
+
     #[test]
     fn apparmor_without_apparmor() {
         let f = "security_context.apparmor";
@@ -1845,7 +1918,7 @@ mod tests {
         assert_eq!(a[annotations::SANDBOX_LOG_DIR], "/var/log/pods/default_nginx_uid-1");
         assert_eq!(a[annotations::SANDBOX_CPU_SHARES], "1024");
         assert_eq!(a[annotations::SANDBOX_MEMORY], "1073741824");
-        assert_eq!(a["kubernetes.io/config.source"], "api");
+        assert!(!a.contains_key("kubernetes.io/config.source"), "no allowlist, no request annotations");
 
         let mut env = test_env();
         env.can_lower_oom_score_adj = true;
@@ -2016,6 +2089,7 @@ mod tests {
             resolv_conf_path: dir.path().join("resolv.conf"),
             shm_path: Some(dir.path().join("shm")),
             cgroup_parent: format!("/{tag}"),
+            passthrough: Passthrough::default(),
         };
         let pause = ImageConfig {
             config: RuntimeConfig {
