@@ -27,6 +27,9 @@ impl Pods {
         if req.pod_sandbox_id.is_empty() {
             return Err(Error::invalid("CreateContainer: pod_sandbox_id must not be empty"));
         }
+        if !config.log_path.is_empty() {
+            super::files::check_relative("container config: log_path", &config.log_path)?;
+        }
         let sandbox = self.store.find_sandbox(&req.pod_sandbox_id)?;
         let sandbox_id = sandbox.id.clone();
         if sandbox.state != SandboxState::Ready {
@@ -266,6 +269,26 @@ mod tests {
         let e = t.pods.create_container(request(Some(same), Default::default())).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         assert!(e.to_string().contains("image"), "{e}");
+    }
+
+    /// Issue 8 item 10: a container's log stays inside the pod's log directory.
+    #[tokio::test]
+    async fn log_paths_outside_the_pod_log_directory_are_refused() {
+        let t = test_pods(false, None).await;
+        t.pods
+            .store
+            .update_sandbox("sb1", |r| r.config.log_directory = "/var/log/pods/ns_pod_uid".into())
+            .unwrap();
+        for bad in ["/etc/cron.d/evil", "../../../etc/cron.d/evil", "app/../../x.log"] {
+            let mut req = request(None, Default::default());
+            req.config.as_mut().unwrap().log_path = bad.into();
+            let e = t.pods.create_container(req).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+            assert!(e.to_string().contains("log_path"), "{e}");
+        }
+        let mut req = request(None, Default::default());
+        req.config.as_mut().unwrap().log_path = "debug/0.log".into();
+        assert!(t.pods.create_container(req).await.unwrap_err().is_not_found(), "on to the image lookup");
     }
 
     /// Issue 8 item 9: a TARGET pid namespace joins a running container of the same pod only.

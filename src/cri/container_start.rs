@@ -42,10 +42,15 @@ impl Pods {
             self.start_failed(&id, &e)?;
             return Err(e.context(format!("starting container {id}")));
         }
-        if let Some(log) = &rec.log_path
-            && let Some(dir) = log.parent()
-        {
-            let _ = std::fs::create_dir_all(dir);
+        // The log's directory is made inside the pod's log directory only (the kubelet has usually
+        // made it already); the shim opens the file itself without following a symlink.
+        if rec.log_path.is_some() {
+            let rel = std::path::Path::new(&rec.config.log_path).parent().unwrap_or(std::path::Path::new(""));
+            let dir = std::path::Path::new(&sandbox.config.log_directory);
+            if let Err(e) = super::files::create_dirs_beneath(dir, rel) {
+                self.start_failed(&id, &e)?;
+                return Err(e.context(format!("starting container {id}")));
+            }
         }
         let opts = CreateOptions {
             id: id.clone(),
