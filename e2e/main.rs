@@ -16,6 +16,7 @@ mod harness;
 mod berthctl;
 mod critest;
 
+mod container_apparmor;
 mod container_console_socket;
 mod container_events;
 mod container_exec_sync;

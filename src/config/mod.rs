@@ -104,6 +104,7 @@ pub struct Cri {
     pub unpack_max_expansion: u64,
     pub max_container_log_line_size: usize,
     pub cgroup_driver: CgroupDriver,
+    pub disable_apparmor: bool,
     pub stream_server_address: String,
     pub stream_server_port: u16,
     #[serde(with = "duration")]
@@ -193,6 +194,7 @@ impl Default for Cri {
             unpack_max_expansion: 100,
             max_container_log_line_size: 16 * 1024,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            disable_apparmor: false,
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: 0,
             stream_token_ttl: Duration::from_secs(60),

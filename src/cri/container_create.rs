@@ -125,6 +125,7 @@ impl Pods {
                 &rootfs,
                 &self.env,
                 target_pid,
+                self.apparmor.as_ref(),
             )?;
             self.write_spec(id, &spec)?;
             self.store.update_container(id, |r| r.state = ContainerState::Created)?;

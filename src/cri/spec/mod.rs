@@ -10,6 +10,7 @@
 //! anything. The only host changes it makes are containerd's: creating a missing host directory of
 //! a bind mount.
 
+pub mod apparmor;
 mod caps;
 mod devices;
 mod mounts;
@@ -119,7 +120,6 @@ pub struct RuntimeEnv {
     /// The memory controller accounts swap (memsw / memory.swap.max).
     pub swap_controller: bool,
     pub seccomp_enabled: bool,
-    pub apparmor_enabled: bool,
     /// Recursive read-only bind mounts work (kernel ≥ 5.12 with mount_setattr).
     pub recursive_read_only_mounts: bool,
     /// berthd itself runs in a user namespace.
@@ -211,9 +211,6 @@ pub fn detect_runtime_env(cgroup_driver: CgroupDriver) -> Result<RuntimeEnv> {
         vec![]
     };
     let kernel = parse_kernel_release(&read_host("/proc/sys/kernel/osrelease")?);
-    let apparmor_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.starts_with('Y'))
-        && Path::new("/sys/kernel/security/apparmor").exists();
     let in_user_namespace = std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
         .unwrap_or(false);
@@ -227,7 +224,6 @@ pub fn detect_runtime_env(cgroup_driver: CgroupDriver) -> Result<RuntimeEnv> {
         hugetlb_controller,
         swap_controller,
         seccomp_enabled: status.lines().any(|l| l.starts_with("Seccomp:")),
-        apparmor_enabled,
         recursive_read_only_mounts: kernel >= (5, 12),
         in_user_namespace,
         cgroup2_mount_options,
@@ -397,61 +393,6 @@ fn sandbox_annotations(out: &mut HashMap<String, String>, sandbox_id: &str, sand
     out.insert(annotations::SANDBOX_NAMESPACE.into(), meta.namespace);
     out.insert(annotations::SANDBOX_UID.into(), meta.uid);
     out.insert(annotations::SANDBOX_NAME.into(), meta.name);
-}
-
-/// AppArmor: berth cannot load profiles, so only profiles already loaded on the node can be
-/// applied; with AppArmor disabled only RuntimeDefault/Unconfined (no-ops) are accepted.
-fn apparmor_profile(
-    field: &str,
-    profile: Option<&api::SecurityProfile>,
-    deprecated: &str,
-    privileged: bool,
-    enabled: bool,
-) -> Result<Option<String>> {
-    use api::security_profile::ProfileType;
-    let (kind, name) = match profile {
-        Some(p) => {
-            let kind = ProfileType::try_from(p.profile_type)
-                .map_err(|_| Error::invalid(format!("{field}: unknown profile type {}", p.profile_type)))?;
-            if kind != ProfileType::Localhost && !p.localhost_ref.is_empty() {
-                return Err(Error::invalid(format!(
-                    "{field}: localhost_ref must only be set for a Localhost profile"
-                )));
-            }
-            (kind, p.localhost_ref.strip_prefix("localhost/").unwrap_or(&p.localhost_ref).to_string())
-        }
-        None => match deprecated {
-            "" => return Ok(None),
-            "runtime/default" => (ProfileType::RuntimeDefault, String::new()),
-            "unconfined" => (ProfileType::Unconfined, String::new()),
-            other => match other.strip_prefix("localhost/") {
-                Some(n) => (ProfileType::Localhost, n.to_string()),
-                None => return Err(Error::invalid(format!("{field}_profile: invalid profile {other:?}"))),
-            },
-        },
-    };
-    match kind {
-        ProfileType::Unconfined => Ok(None),
-        ProfileType::Localhost if !enabled => {
-            Err(Error::precondition(format!("{field}: apparmor is not supported by this node")))
-        }
-        ProfileType::RuntimeDefault if !enabled || privileged => Ok(None),
-        ProfileType::RuntimeDefault => {
-            tracing::warn!("{field}: berth has no default AppArmor profile to load; running unconfined");
-            Ok(None)
-        }
-        ProfileType::Localhost => {
-            if name.is_empty() {
-                return Err(Error::invalid(format!("{field}: empty localhost profile name")));
-            }
-            let loaded = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
-                .context(|| "reading /sys/kernel/security/apparmor/profiles".into())?;
-            if !loaded.lines().any(|l| l.starts_with(&format!("{name} ("))) {
-                return Err(Error::invalid(format!("{field}: apparmor profile {name:?} not found")));
-            }
-            Ok(Some(name))
-        }
-    }
 }
 
 /// containerd's `WithResources`, plus the checks the OCI runtime would otherwise fail on later.
@@ -794,7 +735,8 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] =
 /// The spec of a container in a pod. `image_name` is what the user asked for (the CRI
 /// `user_specified_image`, else the image's name) and goes into an annotation; `target_pid` is the
 /// process of the container named by `namespace_options.target_id` when the pid namespace mode is
-/// TARGET (ephemeral debug containers).
+/// TARGET (ephemeral debug containers); `apparmor` is the host's AppArmor, which may get berth's
+/// default profile loaded (as containerd's `WithDefaultProfile` does).
 #[allow(clippy::too_many_arguments)]
 pub fn container_spec(
     id: &str,
@@ -806,6 +748,7 @@ pub fn container_spec(
     rootfs: &Path,
     env: &RuntimeEnv,
     target_pid: Option<u32>,
+    apparmor: &dyn apparmor::AppArmor,
 ) -> Result<Spec> {
     let meta =
         config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
@@ -981,12 +924,12 @@ pub fn container_spec(
         env.seccomp_enabled,
         &seccomp::Target { bounding: &caps.bounding, arch: std::env::consts::ARCH, kernel: env.kernel },
     )?;
-    let apparmor = apparmor_profile(
+    let apparmor = apparmor::container_profile(
         "security_context.apparmor",
         sc.apparmor.as_ref(),
         container_apparmor_name(&sc),
         privileged,
-        env.apparmor_enabled,
+        apparmor,
     )?;
 
     let mut ann = HashMap::new();
@@ -1059,6 +1002,10 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    fn no_apparmor() -> apparmor::FakeAppArmor {
+        apparmor::FakeAppArmor::disabled()
+    }
+
     fn test_env() -> RuntimeEnv {
         RuntimeEnv {
             cgroup_driver: CgroupDriver::Cgroupfs,
@@ -1070,7 +1017,6 @@ mod tests {
             hugetlb_controller: true,
             swap_controller: true,
             seccomp_enabled: true,
-            apparmor_enabled: false,
             recursive_read_only_mounts: true,
             in_user_namespace: false,
             cgroup2_mount_options: vec![],
@@ -1233,7 +1179,7 @@ mod tests {
     }
 
     fn build(p: &Pod, c: &api::ContainerConfig, s: &api::PodSandboxConfig, env: &RuntimeEnv) -> Result<Spec> {
-        container_spec("ctr1", c, s, &p.ctx, &image(), "nginx:1.27", &p.rootfs(), env, None)
+        container_spec("ctr1", c, s, &p.ctx, &image(), "nginx:1.27", &p.rootfs(), env, None, &no_apparmor())
     }
 
     fn sc_mut(c: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
@@ -1465,6 +1411,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             None,
+            &no_apparmor(),
         );
         let e = s.unwrap_err();
         assert_eq!(e.to_string(), "no command specified");
@@ -1479,6 +1426,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             None,
+            &no_apparmor(),
         )
         .unwrap();
         assert_eq!(
@@ -1640,6 +1588,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             Some(77),
+            &no_apparmor(),
         )
         .unwrap();
         assert_eq!(ns_of(&s, LinuxNamespaceType::Pid).unwrap().1.as_deref(), Some("/proc/77/ns/pid"));
@@ -1659,13 +1608,25 @@ mod tests {
         sandbox_sc_mut(&mut sb).namespace_options.as_mut().unwrap().network = NamespaceMode::Node as i32;
         let mut ctx = p.ctx.clone();
         ctx.netns = None;
-        let s = container_spec("c", &c, &sb, &ctx, &image(), "i", &p.rootfs(), &test_env(), None).unwrap();
+        let s =
+            container_spec("c", &c, &sb, &ctx, &image(), "i", &p.rootfs(), &test_env(), None, &no_apparmor())
+                .unwrap();
         assert!(
             ns_of(&s, LinuxNamespaceType::Network).is_none() && ns_of(&s, LinuxNamespaceType::Uts).is_none()
         );
         // A pod network without a netns is berthd's bug, never silently the host's network.
-        let e =
-            container_spec("c", &c, &kubelet_sandbox(), &ctx, &image(), "i", &p.rootfs(), &test_env(), None);
+        let e = container_spec(
+            "c",
+            &c,
+            &kubelet_sandbox(),
+            &ctx,
+            &image(),
+            "i",
+            &p.rootfs(),
+            &test_env(),
+            None,
+            &no_apparmor(),
+        );
         assert_eq!(e.unwrap_err().kind(), crate::ErrorKind::FailedPrecondition);
 
         // cgroup v2: a private cgroup namespace (not for privileged containers).
@@ -1830,24 +1791,29 @@ mod tests {
         assert!(!a.contains_key(annotations::SANDBOX_LOG_DIR));
     }
 
+    /// Issue 8 item 5: with AppArmor on the host, a container that asks for nothing runs under
+    /// berth-default; a privileged one does not.
     #[test]
-    fn apparmor_without_apparmor() {
-        let f = "security_context.apparmor";
+    fn containers_get_the_default_apparmor_profile_where_apparmor_is_enabled() {
+        let p = pod();
+        let aa = apparmor::FakeAppArmor::enabled(&[]);
+        let spec = |c: &api::ContainerConfig, sb: &api::PodSandboxConfig| {
+            container_spec("c", c, sb, &p.ctx, &image(), "i", &p.rootfs(), &test_env(), None, &aa).unwrap()
+        };
+        let c = kubelet_container(&p);
         assert_eq!(
-            apparmor_profile(f, Some(&profile(ProfileType::RuntimeDefault)), "", false, false).unwrap(),
-            None
+            process(&spec(&c, &kubelet_sandbox())).apparmor_profile().as_deref(),
+            Some("berth-default")
         );
-        assert_eq!(
-            apparmor_profile(f, Some(&profile(ProfileType::Unconfined)), "", false, false).unwrap(),
-            None
-        );
-        assert_eq!(apparmor_profile(f, None, "runtime/default", false, false).unwrap(), None);
-        let local =
-            api::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: "p".into() };
-        let e = apparmor_profile(f, Some(&local), "", false, false).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::FailedPrecondition);
-        assert!(apparmor_profile(f, None, "localhost/p", false, false).is_err());
-        assert!(apparmor_profile(f, None, "weird", false, false).is_err());
+        assert_eq!(aa.loads().len(), 1);
+        let mut c = kubelet_container(&p);
+        sc_mut(&mut c).privileged = true;
+        let mut sb = kubelet_sandbox();
+        sandbox_sc_mut(&mut sb).privileged = true;
+        assert_eq!(process(&spec(&c, &sb)).apparmor_profile(), &None);
+        // The pause keeps no profile, as containerd's.
+        let s = sandbox_spec(&kubelet_sandbox(), &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        assert_eq!(process(&s).apparmor_profile(), &None);
     }
 
     fn pause_image() -> ImageConfig {
@@ -2144,9 +2110,19 @@ mod tests {
             ..Default::default()
         });
         let id = format!("{tag}-ctr");
-        let spec =
-            container_spec(&id, &c, &sb, &ctx, &ImageConfig::default(), "busybox", &rootfs, &env, None)
-                .unwrap();
+        let spec = container_spec(
+            &id,
+            &c,
+            &sb,
+            &ctx,
+            &ImageConfig::default(),
+            "busybox",
+            &rootfs,
+            &env,
+            None,
+            &apparmor::FakeAppArmor::disabled(),
+        )
+        .unwrap();
         let bundle = dir.path().join("ctr");
         std::fs::create_dir(&bundle).unwrap();
         spec.save(bundle.join("config.json")).unwrap();
