@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use berth::config::RuntimeHandler;
 use k8s_cri::v1::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
@@ -15,12 +14,10 @@ use crate::harness::{Berthd, Leaks, Registry, images};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_intruder_on_the_console_socket_is_refused() {
-    use std::os::unix::fs::PermissionsExt;
     let reg = Registry::shared();
     let mut berthd = Berthd::with_network();
     berthd.trust(reg);
     let marker = berthd.dir().join("intruder.txt");
-    let script = berthd.dir().join("intruded-runtime.sh");
     let wrapper = format!(
         r#"#!/bin/sh
 prev=
@@ -36,13 +33,7 @@ exec runc "$@"
 "#,
         marker = marker.display()
     );
-    std::fs::write(&script, wrapper).expect("writing the runtime wrapper");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    berthd
-        .config
-        .runtimes
-        .handlers
-        .insert("intruded".into(), RuntimeHandler { binary: script, ..Default::default() });
+    berthd.add_runtime_script("intruded", &wrapper);
     berthd.start();
     let before = Leaks::of(&berthd);
     let mut cri = berthd.cri().await;

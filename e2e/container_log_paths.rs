@@ -27,7 +27,9 @@ async fn container_logs_never_leave_the_pod_log_directory() {
     let pod = berthd.pod("logpaths");
     let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
     let logs = pod.log_directory();
-    let outside = crate::harness::temp_dir("berth-e2e-outside-");
+    // Removed even when the test fails.
+    let outside_dir = tempfile::Builder::new().prefix("berth-e2e-outside-").tempdir().expect("a temp dir");
+    let outside = outside_dir.path().to_path_buf();
     let victim = outside.join("victim");
     std::fs::write(&victim, "untouched\n").unwrap();
 
@@ -85,6 +87,5 @@ async fn container_logs_never_leave_the_pod_log_directory() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
 
     cri.stop_remove_pod(&pod_id).await.expect("stop and remove the pod");
-    std::fs::remove_dir_all(&outside).unwrap();
     assert_back_to(&berthd, &before);
 }
