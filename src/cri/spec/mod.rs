@@ -8,7 +8,8 @@
 //! `/etc/passwd` and `/etc/group` are read, safely) and facts about the node gathered once by
 //! [`detect_runtime_env`]. This module builds data: it must never create namespaces, mount, or start
 //! anything. The only host changes it makes are containerd's: creating a missing host directory of
-//! a bind mount.
+//! a bind mount, and loading berth's default AppArmor profile through the injected
+//! [`apparmor::AppArmor`] (containerd's `WithDefaultProfile`).
 
 pub mod apparmor;
 mod caps;
