@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds the Kubernetes test tools pinned in tools/versions from their Go modules (the glue in tools/go)
 # into a cache outside the repo, ${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}/<key>/bin, and prints that
 # bin dir last (alone on stdout; progress goes to stderr). <key> is a short hash of tools/versions,
@@ -37,7 +38,7 @@ for arg in "$@"; do
     case $arg in
     --print-dir) print_dir=true ;;
     -h | --help)
-        sed -n '9,12s/^# \{0,1\}//p' "$0"
+        sed -n '/^# usage:/,/^#$/s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     -*) die "unknown option $arg (usage: tools/build.sh [--print-dir] [name...])" ;;
@@ -55,7 +56,7 @@ if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
 fi
 command -v go >/dev/null || die "go not found: install Go (1.26 or newer) first"
 
-# shellcheck source=tools/versions
+# shellcheck source=versions
 . "$tools/versions"
 
 # The key: what is built, and with what. Computed before anything can touch tools/go.
@@ -132,12 +133,13 @@ go_out() {
 
 # Kubernetes: tags and -X stamps as hack/lib/golang.sh and hack/lib/version.sh (the kubelet reports
 # its gitVersion to the apiserver, and e2e.test gates specs on it); the build date is the release's.
+# A module release carries no commit: gitCommit is stamped empty rather than left "$Format:%H$".
 K8S_TAGS=selinux,notest,grpcnotrace
 k8s_ldflags() {
     local date kv minor=${KUBERNETES#v1.} ld="-s -w"
     minor=${minor%%.*}
     date=$(cd "$tools/go/k8s" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)
-    for kv in gitVersion="$KUBERNETES" gitMajor=1 gitMinor="$minor" gitTreeState=clean buildDate="$date"; do
+    for kv in gitVersion="$KUBERNETES" gitMajor=1 gitMinor="$minor" gitTreeState=clean buildDate="$date" gitCommit=; do
         ld="$ld -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
     done
     echo "$ld"

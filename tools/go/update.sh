@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Writes the Go glue's go.mod and go.sum (and the generated deps/deps.go files) from tools/versions, for
 # tools/build.sh to build from. Run it after changing a version in tools/versions, check that
 # tools/build.sh still builds, and commit tools/versions and tools/go together. It needs the Go module
@@ -8,7 +9,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-# shellcheck source=tools/versions
+# shellcheck source=../versions
 . ../versions
 
 # Don't let a developer's environment (GOFLAGS=-mod=vendor, a private proxy setting) shape the pins.
