@@ -60,7 +60,7 @@ fetch_wget() {
     fi
     rc=$?
     # -S prints the response headers indented by two spaces; the status line comes first.
-    sed -n 's/^  //p' "$tmp/err" | tr -d '\r' >"$tmp/headers"
+    sed -n 's/^  //p' "$tmp/err" | tr -d '\r' | sed '/^$/d' >"$tmp/headers"
 }
 
 fetch_nc() {
