@@ -173,7 +173,7 @@ build_agnhost() { # OUT
     if [ -f "$versions" ]; then
         local KUBERNETES
         KUBERNETES=$(sed -n 's/^KUBERNETES=//p' "$versions")
-        grep -Eq "^require k8s.io/kubernetes $KUBERNETES$|^	k8s.io/kubernetes $KUBERNETES$" "$HERE/go/go.mod" ||
+        grep -Eq "^(require |	)k8s.io/kubernetes $KUBERNETES( |$)" "$HERE/go/go.mod" ||
             die "e2e/images/go/go.mod does not pin k8s.io/kubernetes $KUBERNETES as tools/versions says: run e2e/images/go/update.sh"
     fi
     say "building agnhost"
@@ -194,7 +194,10 @@ newimg() { # TAG LAYER...
     local tag=$1 l
     shift
     umoci new --image "$LAYOUT:$tag"
-    for l in "$@"; do umoci raw add-layer --no-history --image "$LAYOUT:$tag" "$WORK/layers/$l.tar"; done
+    for l in "$@"; do
+        umoci raw add-layer --image "$LAYOUT:$tag" --history.created "$CREATED" \
+            --history.created_by "e2e/images/build.sh: layer $l" "$WORK/layers/$l.tar"
+    done
 }
 cfg() { # TAG umoci-config-flags...
     local tag=$1
