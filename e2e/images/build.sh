@@ -11,13 +11,14 @@
 #   e2e/images/build.sh --list    print every REPO:TAG a push sends
 #
 # Builds go to ${BERTH_IMAGES_CACHE:-/var/cache/berth-images}/layouts/<key> (an OCI layout), where
-# <key> hashes everything under e2e/images (but IMAGES.md), the Go and gcc versions: the images are
-# built once per key and pushed from there. Layers and configs have fixed timestamps and owners, so
+# <key> hashes everything under e2e/images (but IMAGES.md), tools/versions, the Go and gcc versions:
+# the images are built once per key and pushed from there. Layers and configs have fixed timestamps and owners, so
 # a rebuild from the same inputs gives the same digests. The static busybox every image is made of is
 # built once from Debian's busybox source package (see build_busybox) and kept under
-# $CACHE/busybox/<version>; agnhost is built from Kubernetes' Go module pinned in e2e/images/go with
-# Go's own caches, as tools/build.sh builds the test tools. Debian packages it lacks are installed
-# with apt-get. It must never write into the repository.
+# $CACHE/busybox/<version>; agnhost and sample-apiserver are built from Kubernetes' Go modules pinned
+# in e2e/images/go with Go's own caches, as tools/build.sh builds the test tools, and etcd is taken
+# from tools/build.sh. Debian packages it lacks are installed with apt-get. It must never write into
+# the repository.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -51,11 +52,12 @@ need_packages() {
     command -v go >/dev/null || die "go not found: install Go (1.26 or newer) first, as tools/build.sh needs"
 }
 
-# The key: what would be built, and with what. IMAGES.md is left out so that documenting an image
-# does not rebuild them all.
+# The key: what would be built, and with what (tools/versions for the etcd that tools/build.sh
+# builds). IMAGES.md is left out so that documenting an image does not rebuild them all.
 image_key() {
     {
         (cd "$HERE" && find . -type f ! -name IMAGES.md -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        cat "$HERE/../../tools/versions" 2>/dev/null || true
         go env GOVERSION GOARCH
         gcc --version | head -1
     } | sha256sum | cut -c1-12
@@ -111,6 +113,8 @@ agnhost-prev e2e-test-images/agnhost:2.55
 agnhost k8s-authenticated-test/agnhost:2.6
 kitten e2e-test-images/kitten:1.8
 nautilus e2e-test-images/nautilus:1.8
+sample-apiserver e2e-test-images/sample-apiserver:1.29.2
+etcd etcd:3.6.8-0
 "
 
 # ------------------------------------------------------------------ static busybox
@@ -156,8 +160,12 @@ build_busybox() { # prints the path of the static busybox
         make defconfig >/dev/null
         sed -i -e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' -e 's/^CONFIG_TC=y/# CONFIG_TC is not set/' .config
         yes "" | make oldconfig >/dev/null
-        nice -n 19 make -j"$(nproc)" >/dev/null
-    )
+        # gcc's warnings on busybox's code are many and harmless: shown only if the build fails
+        nice -n 19 make -j"$(nproc)" >make.log 2>&1 || {
+            tail -40 make.log >&2
+            exit 1
+        }
+    ) || die "building busybox $ver failed"
     file "$work/busybox/busybox" | grep -q 'statically linked' || die "busybox $ver did not link statically"
     mkdir -p "$dir/$ver"
     cp "$work/busybox/.config" "$dir/$ver/config"
@@ -167,20 +175,27 @@ build_busybox() { # prints the path of the static busybox
     echo "$dir/$ver/busybox"
 }
 
-# ------------------------------------------------------------------ agnhost (Go)
-# agnhost is a main package of k8s.io/kubernetes (test/images/agnhost), built from the glue module in
-# e2e/images/go at the Kubernetes version tools/versions pins.
-build_agnhost() { # OUT
-    local versions=$HERE/../../tools/versions
-    if [ -f "$versions" ]; then
-        local KUBERNETES
-        KUBERNETES=$(sed -n 's/^KUBERNETES=//p' "$versions")
-        grep -Eq "^(require |	)k8s.io/kubernetes $KUBERNETES( |$)" "$HERE/go/go.mod" ||
-            die "e2e/images/go/go.mod does not pin k8s.io/kubernetes $KUBERNETES as tools/versions says: run e2e/images/go/update.sh"
-    fi
-    say "building agnhost"
+# ------------------------------------------------------------------ programs from Go modules
+# agnhost (k8s.io/kubernetes/test/images/agnhost) and sample-apiserver (k8s.io/sample-apiserver) are
+# built from the glue module in e2e/images/go at the Kubernetes version tools/versions pins.
+check_go_pins() {
+    local versions=$HERE/../../tools/versions KUBERNETES
+    [ -f "$versions" ] || return 0
+    KUBERNETES=$(sed -n 's/^KUBERNETES=//p' "$versions")
+    grep -Eq "^(require |	)k8s.io/kubernetes $KUBERNETES( |$)" "$HERE/go/go.mod" ||
+        die "e2e/images/go/go.mod does not pin k8s.io/kubernetes $KUBERNETES as tools/versions says: run e2e/images/go/update.sh"
+}
+build_go() { # OUT PACKAGE
+    say "building $2"
     (cd "$HERE/go" && CGO_ENABLED=0 GOWORK=off GOFLAGS="-mod=readonly -trimpath -buildvcs=false" \
-        nice -n 19 go build -ldflags "-s -w" -o "$1" k8s.io/kubernetes/test/images/agnhost)
+        nice -n 19 go build -ldflags "-s -w" -o "$1" "$2")
+}
+# etcd comes from the project's tools build (tools/build.sh, the version tools/versions pins).
+build_etcd() { # OUT
+    local bin
+    say "building etcd with tools/build.sh"
+    bin=$("$HERE/../../tools/build.sh" etcd | tail -1)
+    install -m 755 "$bin/etcd" "$1"
 }
 
 # k8s.io/kubernetes's source in Go's module cache (kitten's and nautilus's pages, porter's test cert).
@@ -208,6 +223,31 @@ cfg() { # TAG umoci-config-flags...
         --config.env "$PATH_ENV" "$@"
 }
 stage() { mkdir -p "$WORK/$1" && echo "$WORK/$1"; }
+by_digest() { # DIR DIGEST: where agnhost's fake-registry-server keeps DIGEST's content
+    local hash=${2#sha256:}
+    echo "$1/sha256/${hash:0:2}/$hash/data"
+}
+fake_registry() { # DIR LAYOUT-TAG TAG: DIR/manifests, DIR/blobs as fake-registry-server serves them
+    local dir=$1 tmp=$WORK/fake-registry-$2 m digest f
+    skopeo copy --quiet "oci:$LAYOUT:$2" "dir:$tmp"
+    for f in "$tmp"/*; do
+        case $(basename "$f") in manifest.json | version) continue ;; esac
+        m=$(by_digest "$dir/blobs" "sha256:$(basename "$f")")
+        mkdir -p "$(dirname "$m")"
+        install -m 644 "$f" "$m"
+    done
+    # The server takes the Content-Type from the manifest's mediaType, which umoci leaves out.
+    sed 's|^{"schemaVersion":2,|{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",|' \
+        "$tmp/manifest.json" >"$tmp/manifest.typed"
+    grep -q '"mediaType":"application/vnd.oci.image.manifest.v1+json","config"' "$tmp/manifest.typed" ||
+        die "fake_registry: unexpected manifest from umoci: $(cat "$tmp/manifest.json")"
+    digest=sha256:$(sha256sum <"$tmp/manifest.typed" | cut -d' ' -f1)
+    m=$(by_digest "$dir/manifests" "$digest")
+    mkdir -p "$(dirname "$m")"
+    install -m 644 "$tmp/manifest.typed" "$m"
+    echo "$digest" >"$dir/manifests/$3"
+    chmod 644 "$dir/manifests/$3"
+}
 
 # ------------------------------------------------------------------ the images
 build_images() { # LAYOUT
@@ -347,7 +387,8 @@ EOF
     # agnhost: Kubernetes' own agnhost on busybox, with what its specs exec (sh, nc, wget, ip, ipcs
     # from busybox; curl as src/curl.sh over busybox wget), /agnhost-2, /uploads, and the user 1000 in
     # group 50000 that the supplemental-groups specs expect (Dockerfile of test/images/agnhost).
-    build_agnhost "$WORK/bin/agnhost"
+    check_go_pins
+    build_go "$WORK/bin/agnhost" k8s.io/kubernetes/test/images/agnhost
     k8s=$(k8s_source)
     A=$(stage rootfs-agnhost)
     mkdir -p "$A/etc" "$A/uploads" "$A/usr/bin" "$A/home/user-defined-in-image"
@@ -362,6 +403,9 @@ EOF
     echo 'user-defined-in-image:x:1000:' >>"$A/etc/group"
     echo 'group-defined-in-image:x:50000:user-defined-in-image' >>"$A/etc/group"
     chown 1000:1000 "$A/home/user-defined-in-image"
+    # fake-registry-server's content: pause:testing (upstream copies registry.k8s.io/pause:3.10.2 there
+    # at build time; here the sandbox pause image), in its layout of manifests and blobs by digest.
+    fake_registry "$A/var/registry/pause" sandbox testing
     mklayer "$A" agnhost
     agnhost_cfg() { # TAG flags...
         local tag=$1
@@ -383,6 +427,22 @@ EOF
         newimg "$n" busybox agnhost "$n"
         cfg "$n" --config.entrypoint /agnhost --config.cmd test-webserver --config.exposedports 80/tcp
     done
+
+    # sample-apiserver and etcd: the aggregator [Conformance] spec runs the two side by side in a pod
+    # (`/sample-apiserver --etcd-servers=...`, `/usr/local/bin/etcd --listen-client-urls ...`).
+    build_go "$WORK/bin/sample-apiserver" k8s.io/sample-apiserver
+    D=$(stage rootfs-sample-apiserver)
+    install -m 755 "$WORK/bin/sample-apiserver" "$D/sample-apiserver"
+    mklayer "$D" sample-apiserver
+    newimg sample-apiserver busybox sample-apiserver
+    cfg sample-apiserver --config.entrypoint /sample-apiserver
+    build_etcd "$WORK/bin/etcd"
+    D=$(stage rootfs-etcd)
+    mkdir -p "$D/usr/local/bin" "$D/var/lib/etcd"
+    install -m 755 "$WORK/bin/etcd" "$D/usr/local/bin/etcd"
+    mklayer "$D" etcd
+    newimg etcd busybox etcd
+    cfg etcd --config.cmd /usr/local/bin/etcd --config.exposedports 2379/tcp --config.exposedports 2380/tcp
 }
 
 # ------------------------------------------------------------------ main

@@ -26,6 +26,7 @@ go mod edit -go="$go_version"
 sed -n 's|^\t\(k8s.io/[^ ]*\) => \./staging/.*|\1|p' "$k8s_mod" | while read -r m; do
     go mod edit -replace="$m=$m@$KUBERNETES_STAGING"
 done
-go mod edit -require="k8s.io/kubernetes@$KUBERNETES" -tool=k8s.io/kubernetes/test/images/agnhost
+go mod edit -require="k8s.io/kubernetes@$KUBERNETES" -require="k8s.io/sample-apiserver@$KUBERNETES_STAGING" \
+    -tool=k8s.io/kubernetes/test/images/agnhost -tool=k8s.io/sample-apiserver
 go mod tidy
 echo "update.sh: e2e/images/go pins k8s.io/kubernetes $KUBERNETES; now run e2e/images/build.sh and commit go.mod and go.sum"
