@@ -492,6 +492,8 @@ if [ ! -f "$CACHE/layouts/$key/done" ]; then
     time build_images
     umoci gc --layout "$LAYOUT"
     touch "$CACHE/layouts/$key/done"
+    # Only the current definitions' images are kept.
+    find "$CACHE/layouts" -mindepth 1 -maxdepth 1 ! -name "$key" -exec rm -rf {} +
 fi
 flock -u 9
 
