@@ -12,9 +12,9 @@
 #
 # Builds go to ${BERTH_IMAGES_CACHE:-/var/cache/berth-images}/layouts/<key> (an OCI layout), where
 # <key> hashes everything under e2e/images (but IMAGES.md), tools/versions, the Go and gcc versions:
-# the images are built once per key and pushed from there. Layers and configs have fixed timestamps and owners, so
-# a rebuild from the same inputs gives the same digests. The static busybox every image is made of is
-# built once from Debian's busybox source package (see build_busybox) and kept under
+# the images are built once per key and pushed from there. Layers and configs have fixed timestamps
+# and owners, so a rebuild from the same inputs gives the same digests. The static busybox every image
+# is made of is built once from Debian's busybox source package (see build_busybox) and kept under
 # $CACHE/busybox/<version>; agnhost and sample-apiserver are built from Kubernetes' Go modules pinned
 # in e2e/images/go with Go's own caches, as tools/build.sh builds the test tools, and etcd is taken
 # from tools/build.sh. Debian packages it lacks are installed with apt-get. It must never write into
