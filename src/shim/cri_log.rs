@@ -200,22 +200,28 @@ impl LogFile {
         self.dropped
     }
 
-    /// Writes one record stamped with `at`; after a gap, the gap's marker first. A record that
-    /// cannot be written (nor the marker before it) is dropped and counted.
+    /// Writes one record stamped with `at`; after a gap, the gap's marker first, in the same
+    /// write: the gap ends only when both fit, so a disk with room for a marker but not for the
+    /// output does not fill the log with markers. A record that cannot be written is dropped and
+    /// counted.
     pub fn write_record(&mut self, at: SystemTime, stream: Stream, partial: bool, content: &[u8]) {
         if self.target.is_none() {
             return;
         }
-        let written = self.close_gap(at).and_then(|()| self.append(at, stream, partial, content));
-        if let Err(e) = written {
-            let path = &self.path;
-            let (gap, _) = self.gap.get_or_insert_with(|| {
-                // Once per gap, not once per line.
-                tracing::warn!(?path, error = %e, "writing the container log failed, dropping output");
-                (Dropped::default(), e.to_string())
-            });
-            gap.add(content);
-            self.dropped.add(content);
+        self.begin_write(at);
+        push_record(&mut self.record, at, stream, partial, content);
+        match self.append() {
+            Ok(()) => self.end_gap(),
+            Err(e) => {
+                let path = &self.path;
+                let (gap, _) = self.gap.get_or_insert_with(|| {
+                    // Once per gap, not once per line.
+                    tracing::warn!(?path, error = %e, "writing the container log failed, dropping output");
+                    (Dropped::default(), e.to_string())
+                });
+                gap.add(content);
+                self.dropped.add(content);
+            }
         }
         // A record of a very long line must not pin its buffer for the container's lifetime.
         if self.record.capacity() > 64 * 1024 {
@@ -226,37 +232,48 @@ impl LogFile {
     /// Writes a pending gap's marker now (the output ended, or the log was reopened) rather than
     /// before a next record that may never come. If it still cannot be written, the gap stays.
     pub fn flush_gap(&mut self, at: SystemTime) {
-        let _ = self.close_gap(at);
+        if self.gap.is_none() || self.target.is_none() {
+            return;
+        }
+        self.begin_write(at);
+        if self.append().is_ok() {
+            self.end_gap();
+        }
     }
 
-    /// Writes the marker of the pending gap, if any, and ends the gap.
-    fn close_gap(&mut self, at: SystemTime) -> io::Result<()> {
-        let Some((gap, error)) = &self.gap else { return Ok(()) };
-        let (records, bytes) = (gap.records, gap.bytes);
-        let marker = format!(
-            "berth: {records} log records ({bytes} bytes) of this container were dropped: writing the log failed: {error}"
-        );
-        self.append(at, Stream::Stderr, false, marker.as_bytes())?;
-        tracing::info!(path = ?self.path, records, bytes, "writing the container log works again");
-        self.gap = None;
-        Ok(())
-    }
-
-    /// Appends one record. On failure no part of it stays in the log: a short write (the disk
-    /// filled in the middle of the record) is cut off again, or failing that the next record
-    /// starts on a new line.
-    fn append(&mut self, at: SystemTime, stream: Stream, partial: bool, content: &[u8]) -> io::Result<()> {
-        let Some(target) = &mut self.target else { return Ok(()) };
+    /// Starts the next write in `record`: a newline if the log ends in a torn record, then the
+    /// pending gap's marker, if any.
+    fn begin_write(&mut self, at: SystemTime) {
         self.record.clear();
         if self.torn {
             self.record.push(b'\n');
         }
-        format_timestamp(at, &mut self.record);
-        self.record.push(b' ');
-        self.record.extend_from_slice(stream.as_str().as_bytes());
-        self.record.extend_from_slice(if partial { b" P " } else { b" F " });
-        self.record.extend_from_slice(content);
-        self.record.push(b'\n');
+        if let Some((gap, error)) = &self.gap {
+            let marker = format!(
+                "berth: {} log records ({} bytes) of this container were dropped: writing the log failed: {error}",
+                gap.records, gap.bytes
+            );
+            push_record(&mut self.record, at, Stream::Stderr, false, marker.as_bytes());
+        }
+    }
+
+    /// The write that carried a gap's marker succeeded.
+    fn end_gap(&mut self) {
+        if let Some((gap, _)) = self.gap.take() {
+            tracing::info!(
+                path = ?self.path,
+                records = gap.records,
+                bytes = gap.bytes,
+                "writing the container log works again"
+            );
+        }
+    }
+
+    /// Appends `record` to the log. On failure no part of it stays: a short write (the disk
+    /// filled in the middle) is cut off again, or failing that the next write starts on a new
+    /// line.
+    fn append(&mut self) -> io::Result<()> {
+        let Some(target) = &mut self.target else { return Ok(()) };
         let mut written = 0;
         let result = loop {
             match target.append(&self.record[written..]) {
@@ -279,6 +296,16 @@ impl LogFile {
         }
         result
     }
+}
+
+/// Appends one record, `<timestamp> <stream> <P|F> <content>\n`, to `out`.
+fn push_record(out: &mut Vec<u8>, at: SystemTime, stream: Stream, partial: bool, content: &[u8]) {
+    format_timestamp(at, out);
+    out.push(b' ');
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(if partial { b" P " } else { b" F " });
+    out.extend_from_slice(content);
+    out.push(b'\n');
 }
 
 impl RecordSink for LogFile {
@@ -651,8 +678,9 @@ mod tests {
         assert_eq!(lines[5], "stdout F end");
     }
 
-    /// A record that fits only in part is cut off again, so the log holds whole records only; a
-    /// marker that does not fit keeps the gap open (and the record after it is dropped too).
+    /// A record that fits only in part is cut off again, so the log holds whole records only. In
+    /// a gap, the marker and the record go in one write: room for either alone is not enough, so
+    /// a nearly full disk does not fill the log with markers.
     #[test]
     fn torn_records_are_cut_off() {
         let disk = FakeDisk::with_room(1 << 20);
@@ -664,16 +692,20 @@ mod tests {
         assert_eq!(disk.lines(), ["stdout F one"]);
         assert!(disk.text().ends_with('\n'));
         assert_eq!(log.dropped(), Dropped { records: 1, bytes: 3 });
-        // Room for a record, not for the marker before it.
+        // Room for the record alone.
         disk.set_room(whole + 2);
         log.record(Stream::Stdout, false, b"six");
         assert_eq!(disk.lines(), ["stdout F one"]);
-        assert_eq!(log.dropped(), Dropped { records: 2, bytes: 6 });
+        // Room for the marker alone.
+        disk.set_room(300);
+        log.record(Stream::Stdout, false, &[b'x'; 300]);
+        assert_eq!(disk.lines(), ["stdout F one"]);
+        assert_eq!(log.dropped(), Dropped { records: 3, bytes: 306 });
         disk.set_room(1 << 20);
         log.record(Stream::Stdout, false, b"ten");
         let lines = disk.lines();
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[1].starts_with("stderr F berth: 2 log records (6 bytes) "), "{lines:?}");
+        assert!(lines[1].starts_with("stderr F berth: 3 log records (306 bytes) "), "{lines:?}");
         assert_eq!(lines[2], "stdout F ten");
     }
 
