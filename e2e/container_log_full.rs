@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, ReopenContainerLogRequest};
+use k8s_cri::v1::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
-use crate::harness::net::free_port;
 use crate::harness::{Berthd, Leaks, Registry, images, run};
 
 /// Bytes of padding on each line: with "line <n> " a line is about 1 KB.
@@ -146,10 +145,9 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_log_directory_drops_counts_and_resumes() {
     let reg = Registry::shared();
-    let port = free_port();
     let mut berthd = Berthd::with_network();
+    let port = berthd.serve_metrics();
     berthd.trust(reg);
-    berthd.config.metrics.address = format!("127.0.0.1:{port}");
     berthd.start();
     let before = Leaks::of(&berthd);
     let mut cri = berthd.cri().await;
@@ -224,12 +222,7 @@ async fn a_full_log_directory_drops_counts_and_resumes() {
     assert_eq!(dropped_metric(port, "bytes", &id), bytes_dropped);
 
     // The kubelet's rotation afterwards: rename, ReopenContainerLog; not a line lost.
-    let rotated = log.with_extension("log.20250101-000000");
-    std::fs::rename(&log, &rotated).expect("renaming the log");
-    cri.runtime
-        .reopen_container_log(ReopenContainerLogRequest { container_id: id.clone() })
-        .await
-        .expect("ReopenContainerLog");
+    let rotated = cri.rotate_log(&id, &log).await.expect("ReopenContainerLog");
     wait_until("lines in the new log", Duration::from_secs(30), async || {
         log.exists() && records(&log).len() >= 3
     })
