@@ -181,8 +181,13 @@ impl Daemon {
                 .await
                 .with_context(|| format!("binding metrics.address {addr}"))?;
             let pods = self.pods.clone();
-            let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> =
-                Arc::new(move |m: &Metrics| pods.refresh_gauges(m));
+            let refresh: crate::metrics::Refresh = Arc::new(move |m: Arc<Metrics>| {
+                let pods = pods.clone();
+                Box::pin(async move {
+                    pods.refresh_gauges(&m);
+                    pods.refresh_log_dropped(&m).await;
+                })
+            });
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let stop = async {
