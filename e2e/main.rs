@@ -24,6 +24,8 @@ mod container_readonly_rootfs;
 mod container_stats;
 mod container_stop_timeout;
 mod container_user_caps;
+mod disk_full_metadata;
+mod disk_full_restart;
 mod host_private_state;
 mod kubelet_habits;
 mod kubelet_pod_life;

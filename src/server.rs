@@ -56,9 +56,14 @@ impl RootLock {
             }
             Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         };
-        lock.set_len(0)?;
-        lock.rewind()?;
-        writeln!(lock, "{}", std::process::id())?;
+        // The pid is for the operator and the refusal message; a full disk must not stop the start.
+        let pid = lock
+            .set_len(0)
+            .and_then(|_| lock.rewind())
+            .and_then(|_| writeln!(lock, "{}", std::process::id()));
+        if let Err(e) = pid {
+            tracing::warn!(path = %path.display(), "writing the pid into the lock file: {e}");
+        }
         Ok(RootLock { _lock: lock })
     }
 }

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metadata;
 pub mod oci;
 pub mod snapshot;
+pub mod space;
 
 /// Disk used by a store: allocated bytes (st_blocks × 512) and inodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
