@@ -113,13 +113,12 @@ impl Daemon {
         }
         let engine = Engine::open(EngineOptions::from_config(&config)).context("opening the engine")?;
         // Whatever a crash left behind (expired leases, orphaned snapshots and blobs) goes now,
-        // without delaying the socket.
-        let e = engine.clone();
-        tokio::spawn(async move {
-            if let Err(e) = e.gc(Default::default()).await {
-                tracing::warn!(error = %e, "startup garbage collection");
-            }
-        });
+        // without delaying the socket; later, whatever failed pulls and removals leave, and whatever
+        // expires.
+        tokio::spawn(tracing::Instrument::instrument(
+            engine.clone().collect_in_background(),
+            tracing::info_span!("gc"),
+        ));
         let metrics = Arc::new(Metrics::new());
         let images = Arc::new(cri::image::ImageService::new(engine.clone(), &config, metrics.clone()));
         let e = engine.clone();

@@ -46,6 +46,20 @@ impl SmallFs {
         st.f_bavail * st.f_frsize
     }
 
+    /// Bytes in use (statvfs).
+    pub fn used(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.mount)
+            .unwrap_or_else(|e| panic!("statvfs {}: {e}", self.mount.display()));
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.mount)
+            .unwrap_or_else(|e| panic!("statvfs {}: {e}", self.mount.display()));
+        st.f_blocks * st.f_frsize
+    }
+
     /// Appends to the filler file until the filesystem refuses a single page more (ENOSPC); returns
     /// how many bytes it wrote. Calling it again fills up whatever was freed since.
     pub fn fill(&self) -> u64 {
