@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::{ContainerConfig, ContainerState, PodSandboxState};
 use tonic::Code;
 
-use crate::harness::disk::SmallFs;
+use crate::harness::disk::{On, SmallFs, berthd_on};
 use crate::harness::leaks::assert_back_to;
 use crate::harness::pod::PodConfig;
-use crate::harness::{Berthd, Cri, Leaks, Registry, images};
+use crate::harness::{Berthd, Cri, Registry};
 
 /// Annotations this large make a container record that cannot fit in the database's free pages.
 const BIG: usize = 2 << 20;
@@ -85,15 +85,8 @@ async fn container_ids(cri: &mut Cri) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_writes_fail_cleanly_and_survive_a_kill() {
     let reg = Registry::shared();
-    let busybox = &images().busybox;
     let root = SmallFs::mount("root", 64);
-    let mut berthd = Berthd::with_network();
-    berthd.trust(reg);
-    berthd.config.root = root.path().to_path_buf();
-    berthd.start();
-    let before = Leaks::of(&berthd);
-    let mut cri = berthd.cri().await;
-    let image = cri.pull(&busybox.reference(&reg.host())).await.expect("PullImage");
+    let (mut berthd, before, mut cri, image) = berthd_on(&root, On::Root, reg).await;
     let pod = berthd.pod("full-metadata");
     let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
     let keep = pod.container("keep", &image).command(&["sleep", "100000"]).build();

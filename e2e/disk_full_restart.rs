@@ -7,9 +7,9 @@
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 
 use crate::harness::berthd::berthctl_json;
-use crate::harness::disk::SmallFs;
+use crate::harness::disk::{On, SmallFs, berthd_on};
 use crate::harness::leaks::assert_back_to;
-use crate::harness::{Berthd, Leaks, Registry, images};
+use crate::harness::{Berthd, Registry};
 
 fn snapshotter(berthd: &Berthd) -> String {
     let listed = berthctl_json(berthd.socket(), &["snapshots", "ls"]);
@@ -19,15 +19,8 @@ fn snapshotter(berthd: &Berthd) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn berthd_restarts_and_serves_on_a_full_root() {
     let reg = Registry::shared();
-    let busybox = &images().busybox;
     let root = SmallFs::mount("root", 64);
-    let mut berthd = Berthd::with_network();
-    berthd.trust(reg);
-    berthd.config.root = root.path().to_path_buf();
-    berthd.start();
-    let before = Leaks::of(&berthd);
-    let mut cri = berthd.cri().await;
-    let image = cri.pull(&busybox.reference(&reg.host())).await.expect("PullImage");
+    let (mut berthd, before, mut cri, image) = berthd_on(&root, On::Root, reg).await;
     let pod = berthd.pod("full-root");
     let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
     let c = pod.container("sleeper", &image).command(&["sleep", "100000"]).build();

@@ -8,22 +8,15 @@
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use tonic::Code;
 
-use crate::harness::disk::SmallFs;
+use crate::harness::disk::{On, SmallFs, berthd_on};
 use crate::harness::leaks::{assert_back_to, in_container};
-use crate::harness::{Berthd, Leaks, Registry, images};
+use crate::harness::{Leaks, Registry};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_state_dir_fails_new_pods_cleanly_and_spares_running_ones() {
     let reg = Registry::shared();
-    let busybox = &images().busybox;
     let state = SmallFs::mount("state", 16);
-    let mut berthd = Berthd::with_network();
-    berthd.trust(reg);
-    berthd.config.state = state.path().to_path_buf();
-    berthd.start();
-    let before = Leaks::of(&berthd);
-    let mut cri = berthd.cri().await;
-    let image = cri.pull(&busybox.reference(&reg.host())).await.expect("PullImage");
+    let (berthd, before, mut cri, image) = berthd_on(&state, On::State, reg).await;
     let running = berthd.pod("running");
     let running_id = cri.run_pod(&running).await.expect("RunPodSandbox");
     let c = running.container("sleeper", &image).command(&["sleep", "100000"]).build();

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerStatsRequest;
 
-use crate::harness::disk::SmallFs;
+use crate::harness::disk::{On, SmallFs, berthd_on};
 use crate::harness::leaks::assert_back_to;
-use crate::harness::{Berthd, Cri, Leaks, Registry, images};
+use crate::harness::{Cri, Registry, images};
 
 /// Stats may be sampled (ContainerStats reuses a writable-layer size for 10 s): a hang guard.
 const STATS_HANG_GUARD: Duration = Duration::from_secs(60);
@@ -36,15 +36,8 @@ async fn writable_layer_bytes(cri: &mut Cri, id: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_usage_is_reported_and_removals_free_it_at_once() {
     let reg = Registry::shared();
-    let busybox = &images().busybox;
     let root = SmallFs::mount("root", 96);
-    let mut berthd = Berthd::with_network();
-    berthd.trust(reg);
-    berthd.config.root = root.path().to_path_buf();
-    berthd.start();
-    let before = Leaks::of(&berthd);
-    let mut cri = berthd.cri().await;
-    let image = cri.pull(&busybox.reference(&reg.host())).await.expect("PullImage");
+    let (berthd, before, mut cri, image) = berthd_on(&root, On::Root, reg).await;
     let pod = berthd.pod("full-usage");
     let pod_id = cri.run_pod(&pod).await.expect("RunPodSandbox");
     let used_before = root.used();
@@ -115,7 +108,7 @@ async fn full_disk_usage_is_reported_and_removals_free_it_at_once() {
     root.fill();
     cri.remove(&image).await.expect("RemoveImage on a full disk");
     let freed = root.available();
-    assert!(freed >= busybox.layer_bytes(), "only {freed} bytes free right after RemoveImage");
+    assert!(freed >= images().busybox.layer_bytes(), "only {freed} bytes free right after RemoveImage");
     assert!(cri.status(&image).await.expect("ImageStatus").is_none());
     root.unfill();
     assert_back_to(&berthd, &before);

@@ -10,6 +10,32 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::{Berthd, Cri, Leaks, Registry, images};
+
+/// Which of berth's directories a [`SmallFs`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    Root,
+    State,
+}
+
+/// A berthd as the full-disk scenarios start it: a pod network of its own, trusting `reg`, its root
+/// or state on `fs`, started, and the busybox test image pulled. Returns it with the leak inventory
+/// taken at the start, a CRI client and the image's id.
+pub async fn berthd_on(fs: &SmallFs, on: On, reg: &Registry) -> (Berthd, Leaks, Cri, String) {
+    let mut berthd = Berthd::with_network();
+    berthd.trust(reg);
+    match on {
+        On::Root => berthd.config.root = fs.path().to_path_buf(),
+        On::State => berthd.config.state = fs.path().to_path_buf(),
+    }
+    berthd.start();
+    let before = Leaks::of(&berthd);
+    let mut cri = berthd.cri().await;
+    let image = cri.pull(&images().busybox.reference(&reg.host())).await.expect("PullImage busybox");
+    (berthd, before, cri, image)
+}
+
 /// A tmpfs of a fixed size, mounted until dropped.
 pub struct SmallFs {
     dir: PathBuf,
