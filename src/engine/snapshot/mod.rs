@@ -117,6 +117,8 @@ pub struct Snapshots {
     db: Arc<Db>,
     backend: Box<dyn Backend>,
     next_id: AtomicU64,
+    /// The snapshotter directory, to name its filesystem when it is full.
+    dir: PathBuf,
 }
 
 impl Snapshots {
@@ -199,7 +201,7 @@ impl Snapshots {
         for (_, r) in &records {
             max_id = max_id.max(r.id.parse().unwrap_or(0));
         }
-        Ok(Snapshots { db, backend, next_id: AtomicU64::new(max_id + 1) })
+        Ok(Snapshots { db, backend, next_id: AtomicU64::new(max_id + 1), dir: dir.to_path_buf() })
     }
 
     /// The backend in use: `"overlayfs"` or `"native"` (after any fallback).
@@ -263,7 +265,8 @@ impl Snapshots {
             if let Err(e2) = self.backend.remove(&id) {
                 tracing::warn!(key, id, "rolling back snapshot directory: {e2}");
             }
-            return Err(e.context(format!("creating snapshot {key:?}")));
+            let e = e.context(format!("creating snapshot {key:?}"));
+            return Err(crate::engine::space::name_full_filesystem(e, &self.dir));
         }
         Ok(self.backend.mounts(&id, &parent_ids, kind))
     }
