@@ -17,6 +17,7 @@ pub mod cri_log;
 pub mod fd;
 pub mod frame;
 pub mod reaper;
+pub mod reclaim;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -86,6 +87,8 @@ pub enum ShimCommand {
     Start,
     /// Serve in this process.
     Serve,
+    /// End what a dead shim of the pod ran ([`reclaim`]).
+    Cleanup,
 }
 
 impl ShimConfig {
@@ -97,8 +100,11 @@ impl ShimConfig {
         let command = match args.next().as_deref().and_then(|a| a.to_str()) {
             Some("start") => ShimCommand::Start,
             Some("serve") => ShimCommand::Serve,
+            Some("cleanup") => ShimCommand::Cleanup,
             other => {
-                return Err(Error::invalid(format!("expected the command start or serve, got {other:?}")));
+                return Err(Error::invalid(format!(
+                    "expected the command start, serve or cleanup, got {other:?}"
+                )));
             }
         };
         let (mut id, mut dir, mut runtime, mut root, mut line_max) = (None, None, None, None, None);

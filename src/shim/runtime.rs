@@ -64,6 +64,16 @@ impl RuntimeDriver {
         RuntimeDriver { binary, root, args, reaper, seq: AtomicU64::new(0) }
     }
 
+    /// The runtime a shim configuration names, with its root and global options.
+    pub fn for_config(config: &super::ShimConfig, reaper: Arc<Mutex<Reaper>>) -> Self {
+        RuntimeDriver::new(
+            config.runtime.clone(),
+            config.runtime_root.clone(),
+            config.runtime_args.iter().map(Into::into).collect(),
+            reaper,
+        )
+    }
+
     /// Runs `<binary> [--root R] --log F --log-format json <args> <command...>` and waits for it.
     /// `work_dir` (the container's directory) holds the invocation's log and stderr files, removed
     /// afterwards. `what` says what was being done, for the error message.

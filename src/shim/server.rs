@@ -108,6 +108,7 @@ impl Container {
             started_at: nanos(self.started_at),
             exited_at: nanos(exit.map(|e| e.at)),
             oom_killed: exit.is_some_and(|e| e.oom_killed),
+            reclaimed: false,
         }
     }
 
@@ -235,10 +236,9 @@ impl ConsoleSocket {
         super::prepare_socket(&path).context(|| what.to_string())?;
         let listener = UnixListener::bind(&path).context(|| format!("{what}: binding {}", path.display()))?;
         let file = RemoveOnDrop(vec![path.clone()]);
-        let receiving = tokio::spawn(async move {
-            let (conn, _) = listener.accept().await?;
-            fd::receive_fd(&conn).await
-        });
+        // The runtime is our child: it runs as we do (or as root).
+        let allowed = [0, nix::unistd::geteuid().as_raw()];
+        let receiving = tokio::spawn(async move { fd::receive_pty(&listener, &allowed).await });
         Ok(ConsoleSocket { path, receiving, _file: file })
     }
 
@@ -299,12 +299,7 @@ impl Shim {
     /// A shim with no containers, driving the runtime named in `config`.
     pub fn new(config: ShimConfig) -> Arc<Shim> {
         let reaper = Arc::new(Mutex::new(Reaper::default()));
-        let runtime = RuntimeDriver::new(
-            config.runtime.clone(),
-            config.runtime_root.clone(),
-            config.runtime_args.iter().map(Into::into).collect(),
-            reaper.clone(),
-        );
+        let runtime = RuntimeDriver::for_config(&config, reaper.clone());
         Arc::new(Shim {
             config,
             runtime,

@@ -4,8 +4,10 @@
 //!
 //! Format, version 1 (a JSON object):
 //! `{"version":1,"id":"<id>","status":"created"|"running"|"stopped","pid":<u32>,"exit_code":<i32>,
-//!   "created_at":<ns>,"started_at":<ns>,"exited_at":<ns>,"oom_killed":<bool>}`
+//!   "created_at":<ns>,"started_at":<ns>,"exited_at":<ns>,"oom_killed":<bool>,"reclaimed":<bool>}`
 //! Times are Unix nanoseconds, 0 when not (yet) known; `exit_code` is 128 + signal for a signal.
+//! `reclaimed` (absent means false) marks a container whose shim died while it ran and that
+//! `berth-shim cleanup` ended (exit code 137) or found already gone (255).
 //! A reader must reject a version newer than it knows. Fields are only ever added.
 //!
 //! This module must never interpret the records beyond parsing them.
@@ -48,6 +50,8 @@ pub struct StatusRecord {
     pub exited_at: i64,
     #[serde(default)]
     pub oom_killed: bool,
+    #[serde(default)]
+    pub reclaimed: bool,
 }
 
 /// Atomically replaces `<container dir>/status.json`.
@@ -112,6 +116,7 @@ mod tests {
             started_at: 2,
             exited_at: 3,
             oom_killed: true,
+            reclaimed: false,
         }
     }
 
