@@ -220,7 +220,7 @@ print(f"built {out}: {len(layers)} layers, {total / 2**20:.0f} MiB compressed", 
 EOF
   mv "$LAYOUT.tmp" "$LAYOUT"
 fi
-if ! curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+if ! curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     "http://$REG/v2/berth-bench/large/manifests/$TAG"; then
   say "pushing the large image to $REG/berth-bench/large:$TAG"
   skopeo copy --quiet --dest-tls-verify=false "oci:$LAYOUT:$TAG" "docker://$REG/berth-bench/large:$TAG" >&2
