@@ -267,20 +267,24 @@ start_containerd() {
     { "type": "portmap", "capabilities": { "portMappings": true } } ] }
 EOF
   iptables -I FORWARD -s "${SUBNET[$rt]}" ! -d "${SUBNET[$rt]}" -j DROP
-  # restrict_oom_score_adj: where lowering oom_score_adj is refused (a machine whose own is pinned, or
-  # without CAP_SYS_RESOURCE) the sandbox's -998 fails every RunPodSandbox; berth clamps it likewise.
+  # restrict_oom_score_adj: where lowering a process's oom_score_adj is refused (as on this project's
+  # machines, root or not) the sandbox's -998 would fail every RunPodSandbox.
   # The opt plugin would create /opt/containerd; NRI (2.x) would listen on /var/run/nri/nri.sock, which
   # another containerd on the machine may own; neither is used by CRI pods here.
-  if [ "$rt" = containerd16 ]; then
-    bin=/usr/bin
-    cat >"$d/config.toml" <<EOF
-version = 2
+  local version=3
+  [ "$rt" = containerd16 ] && version=2
+  cat >"$d/config.toml" <<EOF
+version = $version
 root = "$d/root"
 state = "$d/state"
 [grpc]
   address = "$d/containerd.sock"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$d/opt"
+EOF
+  if [ "$rt" = containerd16 ]; then
+    bin=/usr/bin
+    cat >>"$d/config.toml" <<EOF
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   restrict_oom_score_adj = true
@@ -296,14 +300,7 @@ EOF
     bin=$CBIN
     # containerd looks its shim up in PATH: 2.x's own, not Debian's 1.6 one in /usr/bin.
     path=$CBIN:$PATH
-    cat >"$d/config.toml" <<EOF
-version = 3
-root = "$d/root"
-state = "$d/state"
-[grpc]
-  address = "$d/containerd.sock"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$d/opt"
+    cat >>"$d/config.toml" <<EOF
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
 [plugins."io.containerd.cri.v1.images"]
@@ -479,7 +476,7 @@ others = [rt for rt in rts if rt != "berth"] if "berth" in rts else []
 for rt in rts:
     info = get(data[rt], "pods", "runtime") or get(data[rt], "rss", "runtime") or {}
     print(f"{TITLE[rt]:9}: {info.get('name', '?')} {info.get('version', '?')}")
-print(f"one run; ratio = berth / containerd, below 1: berth is lower (better)")
+print("one run" + ("; ratio = berth / containerd, below 1: berth is lower (better)" if others else ""))
 w = max(len(r[0]) for r in rows)
 head = f"{'metric':{w}}  {'unit':4}" + "".join(f"  {TITLE[rt]:>9}" for rt in rts)
 head += "".join(f"  {'b/' + TITLE[rt].split()[-1]:>6}" for rt in others)
