@@ -1,22 +1,23 @@
 #!/bin/bash
 # berth-critest.sh — a throwaway berthd set up for the CRI conformance suite (critest).
 #
-#   BERTH_TEST_REGISTRY=127.0.0.1:5000 berth-critest.sh start   start berthd, print its socket path
+#   BERTH_TEST_REGISTRY=127.0.0.1:5100 berth-critest.sh start   start berthd, print its socket path
 #   berth-critest.sh stop                                        stop it and remove its root and state
-#   BERTH_TEST_REGISTRY=127.0.0.1:5000 berth-critest.sh run CMD… start, run CMD with $BERTH_SOCK set, stop
+#   BERTH_TEST_REGISTRY=127.0.0.1:5100 berth-critest.sh run CMD… start, run CMD with $BERTH_SOCK set, stop
 #
 # Its registry mirrors (containerd's certs.d layout) send registry.k8s.io, k8s.gcr.io, gcr.io, docker.io,
 # quay.io and public.ecr.aws to http://$BERTH_TEST_REGISTRY, which must hold look-alikes of the images critest
-# pulls under their original paths (README.md in this folder lists them). Everything lives under one
-# temporary directory ($BERTH_CRITEST_DIR, default /tmp/berth-critest), plus the pods' bridge and its
-# FORWARD drop rule ($BERTH_CRITEST_SUBNET, default 10.86.0.0/16), both removed by stop.
+# pulls under their original paths (e2e/images/registry.sh runs one; e2e/images/IMAGES.md lists them).
+# Everything lives under one temporary directory ($BERTH_CRITEST_DIR, default /tmp/berth-critest),
+# plus the pods' bridge and its FORWARD drop rule ($BERTH_CRITEST_SUBNET, default 10.86.0.0/16), both
+# removed by stop.
 # berthd is taken from $BERTHD, else the newer of target/{release,debug}/berthd of this checkout, else PATH.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${BERTH_CRITEST_DIR:-/tmp/berth-critest}
 PIDFILE=$DIR/berthd.pid
 SOCK=$DIR/state/berth.sock
-# The pod network of critest runs (containerd.sh of the critest kit uses 10.89.0.0/16).
+# The pod network of critest runs.
 SUBNET=${BERTH_CRITEST_SUBNET:-10.86.0.0/16}
 BRIDGE=${BERTH_CRITEST_BRIDGE:-berthct0}
 
@@ -30,7 +31,7 @@ find_berthd() {
 }
 
 start() {
-  local reg=${BERTH_TEST_REGISTRY:?set BERTH_TEST_REGISTRY to the registry holding critest images, e.g. 127.0.0.1:5000}
+  local reg=${BERTH_TEST_REGISTRY:?set BERTH_TEST_REGISTRY to the registry holding critest images, e.g. 127.0.0.1:5100 from e2e/images/registry.sh start}
   if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then echo "$SOCK"; return; fi
   local berthd; berthd=$(find_berthd)
   mkdir -p "$DIR/certs.d" "$DIR/net.d"

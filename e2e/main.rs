@@ -16,12 +16,18 @@ mod harness;
 mod berthctl;
 mod critest;
 
+mod container_apparmor;
+mod container_console_socket;
 mod container_events;
 mod container_exec_sync;
 mod container_exit_reasons;
+mod container_forged_sandbox_config;
+mod container_log_paths;
 mod container_logs;
+mod container_pid_target;
 mod container_readonly_rootfs;
 mod container_stats;
+mod container_stop_forced;
 mod container_stop_timeout;
 mod container_user_caps;
 mod host_private_state;

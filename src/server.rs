@@ -135,6 +135,7 @@ impl Daemon {
             network,
             launcher: Arc::new(ProcessShimLauncher),
             env,
+            apparmor: Arc::new(cri::spec::apparmor::HostAppArmor::detect(config.cri.disable_apparmor)),
             shim_binary: sibling_binary("berth-shim"),
             metrics: metrics.clone(),
         })?;

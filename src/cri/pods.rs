@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use super::api;
 use super::image::ImageService;
 use super::spec::RuntimeEnv;
+use super::spec::apparmor::AppArmor;
 use super::store::{ContainerState, SandboxRecord, SandboxState, Store};
 use crate::config::{Config, RuntimeHandler};
 use crate::engine::Engine;
@@ -84,6 +85,8 @@ pub struct Deps {
     pub network: Arc<dyn Network>,
     pub launcher: Arc<dyn ShimLauncher>,
     pub env: RuntimeEnv,
+    /// The host's AppArmor (berth's default profile is loaded through it).
+    pub apparmor: Arc<dyn AppArmor>,
     pub shim_binary: PathBuf,
     pub metrics: Arc<Metrics>,
 }
@@ -95,6 +98,7 @@ pub struct Pods {
     pub network: Arc<dyn Network>,
     pub launcher: Arc<dyn ShimLauncher>,
     pub env: RuntimeEnv,
+    pub apparmor: Arc<dyn AppArmor>,
     pub shim_binary: PathBuf,
     pub paths: Paths,
     pub store: Store,
@@ -150,6 +154,7 @@ impl Pods {
             network: deps.network,
             launcher: deps.launcher,
             env: deps.env,
+            apparmor: deps.apparmor,
             shim_binary: deps.shim_binary,
             paths,
             store,
@@ -598,6 +603,7 @@ pub(crate) mod fixture {
             images,
             network: Arc::new(FakeNetwork::new()),
             launcher: launcher.clone(),
+            apparmor: Arc::new(crate::cri::spec::apparmor::FakeAppArmor::disabled()),
             shim_binary: PathBuf::from("/nonexistent/berth-shim"),
             metrics,
         })

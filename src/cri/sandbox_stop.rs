@@ -25,7 +25,7 @@ impl Pods {
         for c in self.store.containers_of(id) {
             let lock = self.store.lock(&c.id);
             let _g = lock.lock().await;
-            self.stop_container_locked(&c.id, 0).await?;
+            self.kill_container_locked(&c.id).await?;
         }
         self.stop_pause(id).await?;
         self.release_network(id, false).await?;
