@@ -13,7 +13,7 @@
 #                                                            and the runtime's state in /run go; then the
 #                                                            runtime, kubelet and kube-proxy start again
 #
-# Everything listens on 127.0.0.1 or on the node's own address, NODE_IP on a dummy interface (pods
+# Everything listens on 127.0.0.1 or on the node's own address, NODE_IP on a bridge without ports (pods
 # must reach the apiserver through a non-loopback address; nothing routes off the machine). Pods get
 # POD_CIDR from a bridge network of its own; Services SVC_CIDR through kube-proxy in iptables mode.
 # Files: $BERTH_CLUSTER_DIR (default /var/lib/berth-cluster: certificates, etcd, kubelet, logs) and
@@ -125,7 +125,7 @@ cert() {
 
 kubeconfig() { # NAME: $PKI/NAME.kubeconfig for the client cert NAME
     local k="$BIN/kubectl --kubeconfig=$PKI/$1.kubeconfig"
-    $k config set-cluster local --server="https://127.0.0.1:6443" --certificate-authority="$PKI/ca.crt" \
+    $k config set-cluster local --server="https://$NODE_IP:6443" --certificate-authority="$PKI/ca.crt" \
         --embed-certs >/dev/null
     $k config set-credentials "$1" --client-certificate="$PKI/$1.crt" --client-key="$PKI/$1.key" \
         --embed-certs >/dev/null
@@ -158,13 +158,15 @@ make_pki() {
 
 node_network() {
     if ! ip link show "$NODE_IF" >/dev/null 2>&1; then
-        ip link add "$NODE_IF" type dummy
+        ip link add "$NODE_IF" type bridge
         ip addr add "$NODE_IP/32" dev "$NODE_IF"
         ip link set "$NODE_IF" up
     fi
-    # kube-proxy needs these; remember what they were for `down`.
-    [ -f "$RUN/sysctl.before" ] || sysctl -n net.ipv4.ip_forward net.ipv4.conf.all.route_localnet \
-        >"$RUN/sysctl.before"
+    # kube-proxy needs the first two, the kubelet sets the rest (its kernel defaults); remember what
+    # they were for `down`.
+    [ -f "$RUN/sysctl.before" ] || sysctl net.ipv4.ip_forward net.ipv4.conf.all.route_localnet \
+        vm.overcommit_memory kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys \
+        kernel.keys.root_maxbytes | sed 's/ = /=/' >"$RUN/sysctl.before"
     sysctl -qw net.ipv4.ip_forward=1
     modprobe br_netfilter 2>/dev/null || true
     mkdir -p "$DIR/net.d"
@@ -286,14 +288,14 @@ start_control_plane() {
     wait_for "etcd" 60 curl -fsS http://127.0.0.1:2379/health
 
     start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
-        --bind-address=0.0.0.0 --secure-port=6443 --advertise-address="$NODE_IP" \
+        --bind-address="$NODE_IP" --secure-port=6443 --advertise-address="$NODE_IP" \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" --service-cluster-ip-range="$SVC_CIDR" \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
         --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$PKI/sa.key" \
         --service-account-signing-key-file="$PKI/sa.key" \
         --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" --kubelet-preferred-address-types=InternalIP \
         --requestheader-client-ca-file="$PKI/ca.crt" --requestheader-allowed-names=system:auth-proxy \
         --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
         --requestheader-extra-headers-prefix=X-Remote-Extra- \
@@ -326,7 +328,7 @@ imageServiceEndpoint: $endpoint
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-address: 127.0.0.1
+address: $NODE_IP
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 podLogsDir: $DIR/pod-logs
@@ -336,7 +338,6 @@ authentication:
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
 clusterDomain: cluster.local
-protectKernelDefaults: true
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 imageGCHighThresholdPercent: 100
@@ -493,7 +494,8 @@ restore_iptables() {
         for chain in $(iptables -t $t -S 2>/dev/null | awk '$1 == "-N" {print $2}'); do
             grep -q -- "^:$chain " "$RUN/iptables.before" && continue
             case $chain in KUBE-* | CNI-*) ;; *) continue ;; esac
-            iptables -t $t -S 2>/dev/null | grep -- "-j $chain\( \|$\)" | sed 's/^-A/-D/' |
+            # (grep finding no reference is not a failure of `down`)
+            iptables -t $t -S 2>/dev/null | { grep -- "-j $chain\( \|$\)" || true; } | sed 's/^-A/-D/' |
                 while read -r rule; do eval iptables -t $t "$rule" 2>/dev/null || true; done
         done
         for chain in $(iptables -t $t -S 2>/dev/null | awk '$1 == "-N" {print $2}'); do
@@ -534,8 +536,7 @@ down() {
     ip link del "$NODE_IF" 2>/dev/null || true
     rm -rf "/var/lib/cni/networks/$NET_NAME"
     if [ -f "$RUN/sysctl.before" ]; then
-        sysctl -qw net.ipv4.ip_forward="$(sed -n 1p "$RUN/sysctl.before")"
-        sysctl -qw net.ipv4.conf.all.route_localnet="$(sed -n 2p "$RUN/sysctl.before")"
+        while read -r kv; do sysctl -qw "$kv" || true; done <"$RUN/sysctl.before"
     fi
     if [ -f "$RUN/propagation.before" ] && [ "$(cat "$RUN/propagation.before")" = private ]; then
         mount --make-rprivate /

@@ -9,6 +9,7 @@
 # Needs a cluster that is up (cluster.sh up); prints `PASS: <name>` or `FAIL: <name>: <why>` per
 # scenario and last `N passed, M failed`; exits non-zero if any failed. BERTH_SCENARIO_KEEP=1 keeps the
 # namespace of a failed scenario for a look.
+# shellcheck disable=SC2016 # the conditions given to `eventually eval` are single-quoted on purpose
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,7 +42,8 @@ check() {
     fi
 }
 
-# eventually SECONDS WHAT CMD...: retries CMD until it succeeds.
+# eventually SECONDS WHAT CMD...: retries CMD until it succeeds. CMD's arguments are expanded once, by
+# the caller: a condition that reads the cluster goes through `eval '…'` so each try reads it again.
 eventually() {
     local secs=$1 what=$2 _
     shift 2
@@ -102,12 +104,12 @@ s_deployment() {
     check "scaled to 10" k rollout status deployment/web --timeout=240s || return 1
     [ "$(jp deployment/web '{.status.readyReplicas}')" = 10 ] || fail "10 replicas not ready" || return 1
     k scale deployment/web --replicas=3 >/dev/null
-    eventually 120 "scaled back to 3 pods" test "$(k get pods -l app=web --no-headers 2>/dev/null | wc -l)" = 3 || return 1
+    eventually 120 "scaled back to 3 pods" eval 'test "$(k get pods -l app=web --no-headers | wc -l)" = 3' || return 1
     k set image deployment/web busybox="$BUSYBOX2" >/dev/null
     check "rolling update" k rollout status deployment/web --timeout=240s || return 1
-    local images
-    images=$(k get pods -l app=web -o 'jsonpath={range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)
-    [ "$images" = "$BUSYBOX2" ] || fail "after the update the pods run: $images"
+    # The old pods go once their grace period (30 s: sh ignores SIGTERM) is over.
+    eventually 120 "after the update only the new image runs" eval \
+        'test "$(k get pods -l app=web -o "jsonpath={range .items[*]}{.spec.containers[0].image}{\"\n\"}{end}" | sort -u)" = "$BUSYBOX2"'
 }
 
 s_probes() {
@@ -138,7 +140,7 @@ EOF
     ready probed || return 1
     # The liveness probe of `dies` passes once, then fails: the kubelet restarts the container.
     eventually 120 "a failing liveness probe restarts the container" \
-        test "$(jp pod/dies '{.status.containerStatuses[0].restartCount}')" -ge 1 || return 1
+        eval 'test "$(jp pod/dies "{.status.containerStatuses[0].restartCount}")" -ge 1' || return 1
     eventually 60 "logs --previous" sh -c "kubectl -n $NS logs dies --previous | grep -q 'started at'" || return 1
     [ "$(jp pod/probed '{.status.containerStatuses[0].restartCount}')" = 0 ] ||
         fail "the healthy pod was restarted"
@@ -278,10 +280,8 @@ EOF
     check "privileged pod can add a link" k exec privileged -- ip link add dummy7 type dummy || return 1
     check "an unprivileged pod cannot" sh -c "! kubectl -n $NS exec restricted -- ip link add dummy7 type dummy" || return 1
     # Limits land in the container's cgroup, and an in-place resize changes them without a restart.
-    local id
-    id=$(jp pod/restricted '{.status.containerStatuses[0].containerID}')
-    id=${id#*://}
-    check "memory limit in the cgroup" sh -c "crictl inspect $id | grep -q '\"memory_limit_in_bytes\": 67108864\\|\"limit\": 67108864'" || true
+    check "the memory limit in the container's cgroup" sh -c \
+        "kubectl -n $NS exec restricted -- sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max' | grep -qx 67108864" || return 1
     k patch pod restricted --subresource resize --type merge \
         -p '{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"100m","memory":"32Mi"},"limits":{"cpu":"300m","memory":"96Mi"}}}]}}' >/dev/null ||
         fail "resize refused" || return 1
@@ -403,12 +403,11 @@ EOF
 }
 
 s_images() {
-    local auth
-    auth=$("$ROOT/e2e/images/registry.sh" start-auth)
-    local areg=${auth%% *} user pass
-    user=$(echo "$auth" | awk '{print $2}')
-    pass=$(echo "$auth" | awk '{print $3}')
-    k create secret docker-registry pull --docker-server="$areg" --docker-username="$user" --docker-password="$pass" >/dev/null
+    # The registry that wants a password (registry.sh's AUTH_USER, AUTH_PASSWORD and AUTH_IMAGES).
+    local areg
+    areg=$("$ROOT/e2e/images/registry.sh" start-auth | tail -n1)
+    k create secret docker-registry pull --docker-server="$areg" --docker-username=berth \
+        --docker-password=berth-e2e-pull >/dev/null
     apply <<EOF
 apiVersion: v1
 kind: Pod
@@ -436,7 +435,7 @@ metadata: {name: secret-pull}
 spec:
   terminationGracePeriodSeconds: 2
   imagePullSecrets: [{name: pull}]
-  containers: [{name: c, image: $areg/private/busybox:1, command: ["sh", "-c", "sleep 100000"]}]
+  containers: [{name: c, image: $areg/e2e-test-images/busybox:1.37.0-1, command: ["sh", "-c", "sleep 100000"]}]
 ---
 apiVersion: v1
 kind: Pod
