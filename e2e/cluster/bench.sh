@@ -99,7 +99,7 @@ for rt in $runtimes; do
     "$CLUSTER" up --runtime "$rt" >/dev/null
     eval "$("$CLUSTER" env)"
     # The image is on the node before the first run, as on a node that ran the workload before.
-    crictl --runtime-endpoint "$(cat "$RUN/endpoint")" --image-endpoint "$(cat "$RUN/endpoint")" pull "$IMAGE" >/dev/null
+    crictl --config "$RUN/crictl.yaml" pull "$IMAGE" >/dev/null
     before=$(sli_buckets)
     times=()
     for i in $(seq 1 "$runs"); do

@@ -22,7 +22,8 @@
 #
 # Env: BERTH_CLUSTER_DIR, BERTH_PROFILE (debug|release: which cargo build of berth, default debug),
 # BERTH_TOOLS_CACHE (see tools/build.sh).
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "cluster.sh: failed: line $LINENO: $BASH_COMMAND" >&2' ERR
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIR=${BERTH_CLUSTER_DIR:-/var/lib/berth-cluster}
@@ -206,6 +207,12 @@ mirrors() { # DIR REGISTRY: containerd-style certs.d/<host>/hosts.toml for every
     done
 }
 
+# $RUN/crictl.yaml: crictl --config for the runtime of $RUN/endpoint.
+crictl_config() {
+    printf 'runtime-endpoint: %s\nimage-endpoint: %s\ntimeout: 30\n' "$(cat "$RUN/endpoint")" \
+        "$(cat "$RUN/endpoint")" >"$RUN/crictl.yaml"
+}
+
 berth_bin() {
     local profile=${BERTH_PROFILE:-debug} flag=()
     [ "$profile" = release ] && flag=(--release)
@@ -244,6 +251,7 @@ conf_dir = "$DIR/net.d"
 EOF
     start runtime "$bin/berthd" --config "$DIR/berth/config.toml"
     echo "unix://$RUN/berth.sock" >"$RUN/endpoint"
+    crictl_config
     wait_for "berthd's socket" 60 test -S "$RUN/berth.sock"
 }
 
@@ -275,6 +283,7 @@ EOF
     # containerd finds containerd-shim-runc-v2 in PATH.
     start runtime env PATH="$BIN:$PATH" "$BIN/containerd" --config "$DIR/containerd/config.toml"
     echo "unix://$RUN/containerd.sock" >"$RUN/endpoint"
+    crictl_config
     wait_for "containerd's socket" 60 test -S "$RUN/containerd.sock"
 }
 
@@ -341,6 +350,9 @@ clusterDomain: cluster.local
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 imageGCHighThresholdPercent: 100
+# Pod and container stats (the summary API, /metrics/cadvisor) from the runtime's CRI stats calls, not
+# from cAdvisor, which knows no runtime at this socket and would leave pod network stats empty.
+featureGates: {PodAndContainerStatsFromCRI: true}
 EOF
     start kubelet "$BIN/kubelet" --config="$DIR/kubelet.yaml" --kubeconfig="$PKI/kubelet.kubeconfig" \
         --hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir="$DIR/kubelet"
@@ -394,6 +406,7 @@ up() {
     case $runtime in berth | containerd) ;; *) die "--runtime must be berth or containerd" ;; esac
     if running kubelet; then
         [ "$(cat "$RUN/runtime")" = "$runtime" ] || die "a cluster on $(cat "$RUN/runtime") is up: run down first"
+        BIN=$(cat "$RUN/bin")
         print_env
         return 0
     fi
@@ -519,7 +532,7 @@ down() {
     stop kubelet
     # Every pod goes through the runtime, so that CNI DEL and the shims clean up.
     if [ -n "$endpoint" ] && running runtime && [ -n "${BIN:-}" ]; then
-        timeout 120 "$BIN/crictl" --runtime-endpoint "$endpoint" --image-endpoint "$endpoint" rmp -fa \
+        timeout 120 "$BIN/crictl" --config "$RUN/crictl.yaml" rmp -fa \
             >/dev/null 2>&1 || say "removing pods through the runtime failed; killing what is left"
     fi
     stop runtime
