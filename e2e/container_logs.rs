@@ -6,8 +6,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::ReopenContainerLogRequest;
-
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};
 
@@ -138,12 +136,7 @@ async fn cri_format_partial_lines_and_reopen() {
     assert_eq!(stderr, vec![rec("stderr", "F", "to-stderr")]);
 
     // The kubelet's rotation: rename, then ReopenContainerLog.
-    let rotated = log.with_extension("log.20250101-000000");
-    std::fs::rename(&log, &rotated).expect("renaming the log");
-    cri.runtime
-        .reopen_container_log(ReopenContainerLogRequest { container_id: id.clone() })
-        .await
-        .expect("ReopenContainerLog");
+    let rotated = cri.rotate_log(&id, &log).await.expect("ReopenContainerLog");
     assert!(log.exists(), "ReopenContainerLog did not create a new file at {}", log.display());
     cri.sh(&id, "touch /tmp/go").await;
     let mut new = wait_for(&log, "got the lines written after the reopen", |r| r.len() >= 2).await;

@@ -12,7 +12,6 @@ use k8s_cri::v1::{ContainerStatusRequest, VersionRequest};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;
-use crate::harness::net::free_port;
 use crate::harness::{Berthd, Leaks, Registry, images};
 
 /// One scrape: the samples by series (`name{labels}` as exposed), plus the raw text for messages.
@@ -95,10 +94,9 @@ fn requests(method: &str, code: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn families_count_what_happened() {
     let reg = Registry::shared();
-    let port = free_port();
     let mut berthd = Berthd::with_network();
+    let port = berthd.serve_metrics();
     berthd.trust(reg);
-    berthd.config.metrics.address = format!("127.0.0.1:{port}");
     berthd.start();
     let before = Leaks::of(&berthd);
 

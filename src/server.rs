@@ -56,9 +56,14 @@ impl RootLock {
             }
             Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         };
-        lock.set_len(0)?;
-        lock.rewind()?;
-        writeln!(lock, "{}", std::process::id())?;
+        // The pid is for the operator and the refusal message; a full disk must not stop the start.
+        let pid = lock
+            .set_len(0)
+            .and_then(|_| lock.rewind())
+            .and_then(|_| writeln!(lock, "{}", std::process::id()));
+        if let Err(e) = pid {
+            tracing::warn!(path = %path.display(), "writing the pid into the lock file: {e}");
+        }
         Ok(RootLock { _lock: lock })
     }
 }
@@ -108,13 +113,12 @@ impl Daemon {
         }
         let engine = Engine::open(EngineOptions::from_config(&config)).context("opening the engine")?;
         // Whatever a crash left behind (expired leases, orphaned snapshots and blobs) goes now,
-        // without delaying the socket.
-        let e = engine.clone();
-        tokio::spawn(async move {
-            if let Err(e) = e.gc(Default::default()).await {
-                tracing::warn!(error = %e, "startup garbage collection");
-            }
-        });
+        // without delaying the socket; later, whatever failed pulls and removals leave, and whatever
+        // expires.
+        tokio::spawn(tracing::Instrument::instrument(
+            engine.clone().collect_in_background(),
+            tracing::info_span!("gc"),
+        ));
         let metrics = Arc::new(Metrics::new());
         let images = Arc::new(cri::image::ImageService::new(engine.clone(), &config, metrics.clone()));
         let e = engine.clone();
@@ -181,8 +185,13 @@ impl Daemon {
                 .await
                 .with_context(|| format!("binding metrics.address {addr}"))?;
             let pods = self.pods.clone();
-            let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> =
-                Arc::new(move |m: &Metrics| pods.refresh_gauges(m));
+            let refresh: crate::metrics::Refresh = Arc::new(move |m: Arc<Metrics>| {
+                let pods = pods.clone();
+                Box::pin(async move {
+                    pods.refresh_gauges(&m);
+                    pods.refresh_log_dropped(&m).await;
+                })
+            });
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let stop = async {

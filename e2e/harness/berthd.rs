@@ -161,6 +161,13 @@ impl Berthd {
         b
     }
 
+    /// Has berthd serve its metrics on a free port of 127.0.0.1 from the next start; returns the port.
+    pub fn serve_metrics(&mut self) -> u16 {
+        let port = super::net::free_port();
+        self.config.metrics.address = format!("127.0.0.1:{port}");
+        port
+    }
+
     /// berth's persistent root.
     pub fn root(&self) -> &Path {
         &self.config.root

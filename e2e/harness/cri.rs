@@ -17,8 +17,8 @@ use k8s_cri::v1::{
     ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ListContainersRequest,
     ListImagesRequest, ListPodSandboxRequest, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest,
     PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 
 use super::pod::PodConfig;
@@ -179,6 +179,15 @@ impl Cri {
     pub async fn remove_container(&mut self, id: &str) -> Result<(), Status> {
         self.runtime.remove_container(RemoveContainerRequest { container_id: id.into() }).await?;
         Ok(())
+    }
+
+    /// Rotates the container's log `log` as the kubelet does: renames it to `<log>.20250101-000000`
+    /// (returned), then ReopenContainerLog. Panics if the rename fails.
+    pub async fn rotate_log(&mut self, id: &str, log: &Path) -> Result<PathBuf, Status> {
+        let rotated = log.with_extension("log.20250101-000000");
+        std::fs::rename(log, &rotated).unwrap_or_else(|e| panic!("renaming {}: {e}", log.display()));
+        self.runtime.reopen_container_log(ReopenContainerLogRequest { container_id: id.into() }).await?;
+        Ok(rotated)
     }
 
     /// ContainerStatus (not verbose).

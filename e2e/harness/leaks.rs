@@ -30,6 +30,34 @@ pub struct Leaks {
     pub files: BTreeSet<String>,
 }
 
+impl Leaks {
+    /// What changed from `self` to `now`, one line per entry: `+ kind: entry` for what `now` holds
+    /// in addition, `- kind: entry` for what it no longer holds.
+    pub fn diff(&self, now: &Leaks) -> String {
+        let kinds = [
+            ("netns", &self.netns, &now.netns),
+            ("mount", &self.mounts, &now.mounts),
+            ("shim", &self.shims, &now.shims),
+            ("process", &self.processes, &now.processes),
+            ("cgroup", &self.cgroups, &now.cgroups),
+            ("ip", &self.ips, &now.ips),
+            ("veth", &self.veths, &now.veths),
+            ("iptables", &self.iptables, &now.iptables),
+            ("file", &self.files, &now.files),
+        ];
+        let mut out = String::new();
+        for (kind, before, after) in kinds {
+            for e in after.difference(before) {
+                out.push_str(&format!("+ {kind}: {e}\n"));
+            }
+            for e in before.difference(after) {
+                out.push_str(&format!("- {kind}: {e}\n"));
+            }
+        }
+        out
+    }
+}
+
 /// A process as /proc shows it.
 #[derive(Debug, Clone)]
 pub struct Proc {
@@ -187,7 +215,7 @@ pub fn assert_back_to(berthd: &Berthd, before: &Leaks) {
             return;
         }
         if std::time::Instant::now() > deadline {
-            panic!("leaked (before → now):\n{before:#?}\n{now:#?}");
+            panic!("leaked (+ now held, - gone since):\n{}", before.diff(&now));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -7,6 +7,7 @@
 
 pub mod berthd;
 pub mod cri;
+pub mod disk;
 pub mod fs;
 pub mod images;
 pub mod layer;

@@ -29,10 +29,12 @@ use super::store::{ContainerState, SandboxRecord, SandboxState, Store};
 use crate::config::{Config, RuntimeHandler};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{LogDropped, Metrics};
 use crate::network::Network;
 use crate::task::{ExitEvent, LaunchOptions, ShimApi, ShimLauncher};
 
+/// How long a metrics scrape waits for a shim's list of its containers.
+pub const SCRAPE_SHIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long cleanup steps of a failed or removed object may take, apart from the request's deadline.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of a termination message read into ContainerStatus.message (the kubelet's limit).
@@ -273,6 +275,40 @@ impl Pods {
         m.pods_running.set(ready as i64);
         m.containers_running.set(running as i64);
         m.shims.set(self.shims.lock().unwrap().len() as i64);
+    }
+
+    /// Brings the per-container log drop counters up to what the shims report, asking them all at
+    /// once; a shim that does not answer within [`SCRAPE_SHIM_TIMEOUT`] keeps its containers' last
+    /// numbers, so a hung shim delays a scrape by that much at most.
+    pub async fn refresh_log_dropped(&self, m: &Metrics) {
+        let shims: Vec<(String, Arc<dyn ShimApi>)> =
+            self.shims.lock().unwrap().iter().map(|(id, shim)| (id.clone(), shim.clone())).collect();
+        let lists = futures_util::future::join_all(shims.into_iter().map(|(sandbox, shim)| async move {
+            let states = match tokio::time::timeout(SCRAPE_SHIM_TIMEOUT, shim.list()).await {
+                Ok(Ok(states)) => states,
+                Ok(Err(e)) => {
+                    tracing::debug!(sandbox, error = %e, "listing the shim's containers for metrics");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::debug!(sandbox, "listing the shim's containers for metrics timed out");
+                    Vec::new()
+                }
+            };
+            states
+                .into_iter()
+                .map(|s| LogDropped {
+                    container: s.id,
+                    sandbox: sandbox.clone(),
+                    records: s.log_dropped_records,
+                    bytes: s.log_dropped_bytes,
+                })
+                .collect::<Vec<_>>()
+        }))
+        .await;
+        let reported: Vec<LogDropped> = lists.into_iter().flatten().collect();
+        // The pause is no container of the store: it never gets series (nor has it a log).
+        m.update_log_dropped(&reported, |id| self.store.container(id).is_some());
     }
 
     fn watching(&self, sandbox: &str, shim: &Arc<dyn ShimApi>) -> bool {
@@ -697,6 +733,32 @@ mod tests {
         assert_eq!(stopped.get("c1"), Some(&ROUNDS), "{stopped:?}");
         assert_eq!(stopped.get("sb1"), Some(&ROUNDS), "{stopped:?}");
         assert_eq!(t.pods.store.container("c1").unwrap().state, ContainerState::Exited);
+    }
+
+    /// Issue 14 item 5: a scrape reads what the shims report dropped from their containers' logs,
+    /// and the series go when the container is removed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn scrapes_read_log_drops_from_the_shims() {
+        let t = fixture::test_pods(false, None).await;
+        let m = Metrics::new();
+        let series = r#"berth_container_log_dropped_records_total{container_id="c1",pod_sandbox_id="sb1"}"#;
+        t.pods.refresh_log_dropped(&m).await;
+        assert!(!m.encode().contains("berth_container_log_dropped_records_total{"), "{}", m.encode());
+
+        t.shim.set_log_dropped("c1", 7, 70);
+        t.pods.refresh_log_dropped(&m).await;
+        let text = m.encode();
+        assert!(text.contains(&format!("{series} 7")), "{text}");
+        assert!(
+            text.contains(
+                r#"berth_container_log_dropped_bytes_total{container_id="c1",pod_sandbox_id="sb1"} 70"#
+            ),
+            "{text}"
+        );
+
+        t.pods.store.delete_container("c1").unwrap();
+        t.pods.refresh_log_dropped(&m).await;
+        assert!(!m.encode().contains("container_id=\"c1\""), "{}", m.encode());
     }
 
     #[test]

@@ -28,8 +28,17 @@ pub const LABEL_REF_CONTENT: &str = "containerd.io/gc.ref.content";
 /// Label prefix of a reference to a snapshot; the suffix names the snapshotter, the value is its key.
 pub const LABEL_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 
-/// How long an ingest without a live lease must have been idle before GC removes it.
+/// How long an ingest without a live lease is kept for resuming after its last write.
 pub const INGEST_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// The most bytes of abandoned downloads kept for resuming, whatever the size of the filesystem.
+pub const MAX_RESUME_BYTES: u64 = 256 << 20;
+
+/// The bytes of abandoned downloads GC keeps for resuming on a filesystem of `fs_size` bytes: a
+/// twentieth of it, at most [`MAX_RESUME_BYTES`]. A failed pull must not hold a small disk full.
+pub fn resume_budget(fs_size: u64) -> u64 {
+    (fs_size / 20).min(MAX_RESUME_BYTES)
+}
 
 /// Roots that live outside the metadata, e.g. the rootfs snapshots of existing containers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,8 +58,12 @@ pub struct Plan {
     pub snapshots: Vec<String>,
     /// Expired leases as (namespace, id).
     pub expired_leases: Vec<(String, String)>,
-    /// Abandoned ingests: held by no live lease and idle for at least [`INGEST_EXPIRY`].
+    /// Abandoned ingests: held by no live lease, and idle for at least [`INGEST_EXPIRY`] or beyond
+    /// the bytes kept for resuming (the most recently written are kept first).
     pub ingests: Vec<Digest>,
+    /// When something kept now becomes removable (Unix nanoseconds): the earliest expiry of a live
+    /// lease or of a kept ingest. None if nothing will expire.
+    pub next_expiry: Option<i64>,
 }
 
 impl Plan {
@@ -84,13 +97,15 @@ fn push_label_refs(labels: &Labels, work: &mut Vec<Node>) {
     }
 }
 
-/// Marks everything reachable from the roots and returns what is not. `now` is Unix nanoseconds.
+/// Marks everything reachable from the roots and returns what is not. `now` is Unix nanoseconds;
+/// abandoned ingests totalling at most `resume_bytes` are kept for resuming until they expire.
 pub fn plan(
     db: &Db,
     blobs_on_disk: &[Digest],
     ingests_on_disk: &[IngestInfo],
     extra_roots: &Roots,
     now: i64,
+    resume_bytes: u64,
 ) -> Result<Plan> {
     let (images, leases, content, snapshots) = db.read(|tx| {
         Ok((tx.list(&IMAGES, "")?, tx.list(&LEASES, "")?, tx.list(&CONTENT, "")?, tx.list(&SNAPSHOTS, "")?))
@@ -112,6 +127,7 @@ pub fn plan(
     let mut work = Vec::new();
     let mut expired_leases = Vec::new();
     let mut held_ingests = HashSet::new();
+    let mut next_expiry: Option<i64> = None;
     for (_, image) in &images {
         work.push(Node::Content(image.target.digest.clone()));
     }
@@ -122,6 +138,7 @@ pub fn plan(
             }
             continue;
         }
+        next_expiry = earliest(next_expiry, lease.expires_at);
         // An ingest is in flight while its lease holds either the ingest or the blob it will become.
         held_ingests.extend(lease.ingests.iter().filter_map(|s| Digest::parse(s).ok()));
         held_ingests.extend(lease.content.iter().cloned());
@@ -176,11 +193,20 @@ pub fn plan(
     let unmarked_snapshots: BTreeSet<&String> =
         snapshots.keys().filter(|k| !marked_snapshots.contains(*k)).collect();
     let expiry = i64::try_from(INGEST_EXPIRY.as_nanos()).unwrap_or(i64::MAX);
-    let mut ingests: Vec<Digest> = ingests_on_disk
-        .iter()
-        .filter(|i| !held_ingests.contains(&i.digest) && now.saturating_sub(i.updated_at) >= expiry)
-        .map(|i| i.digest.clone())
-        .collect();
+    let mut abandoned: Vec<&IngestInfo> =
+        ingests_on_disk.iter().filter(|i| !held_ingests.contains(&i.digest)).collect();
+    abandoned.sort_by_key(|i| std::cmp::Reverse(i.updated_at));
+    let mut kept = 0u64;
+    let mut ingests = Vec::new();
+    for i in abandoned {
+        let expires_at = i.updated_at.saturating_add(expiry);
+        if expires_at <= now || kept.saturating_add(i.offset) > resume_bytes {
+            ingests.push(i.digest.clone());
+        } else {
+            kept += i.offset;
+            next_expiry = earliest(next_expiry, Some(expires_at));
+        }
+    }
     ingests.sort();
     ingests.dedup();
 
@@ -189,7 +215,15 @@ pub fn plan(
         snapshots: children_first(&unmarked_snapshots, &snapshots),
         expired_leases,
         ingests,
+        next_expiry,
     })
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Orders `keys` so that every snapshot comes before its parent. A marked snapshot's parent is marked
@@ -225,6 +259,9 @@ fn children_first(keys: &BTreeSet<&String>, all: &BTreeMap<String, SnapshotRecor
 /// Removes, in one write transaction, the content records and expired lease records of `plan`.
 /// Run it before deleting the blob files and snapshots of the plan.
 pub fn delete_records(db: &Db, plan: &Plan) -> Result<()> {
+    if plan.content.is_empty() && plan.expired_leases.is_empty() {
+        return Ok(());
+    }
     db.write(|tx| {
         for d in &plan.content {
             tx.delete(&CONTENT, &d.to_string())?;
@@ -332,7 +369,7 @@ mod tests {
     }
 
     fn run(db: &Db, blobs: &[&str]) -> Plan {
-        plan(db, &digests(blobs), &[], &Roots::default(), NOW).unwrap()
+        plan(db, &digests(blobs), &[], &Roots::default(), NOW, u64::MAX).unwrap()
     }
 
     const ALL_A: [&str; 5] = ["a-index", "a-manifest", "a-config", "layer0", "layer1"];
@@ -400,7 +437,7 @@ mod tests {
         assert!(p.snapshots.is_empty(), "reached through the manifest's config");
         assert_eq!(p.expired_leases, [("k8s.io".to_string(), "old".to_string())]);
 
-        let later = plan(&db, &digests(&ALL_A), &[], &Roots::default(), NOW + 10).unwrap();
+        let later = plan(&db, &digests(&ALL_A), &[], &Roots::default(), NOW + 10, u64::MAX).unwrap();
         assert_eq!(later.content, digests(&ALL_A));
         assert_eq!(later.snapshots, ["a-chain2", "a-chain1"]);
         let mut expired = later.expired_leases.clone();
@@ -447,7 +484,7 @@ mod tests {
         put_image_graph(&db, "a-", ["layer0", "layer1"]);
         put_snapshot(&db, "rootfs", Some("a-chain2"), &[]);
         let roots = Roots { content: vec![d("a-config")], snapshots: vec!["rootfs".to_string()] };
-        let p = plan(&db, &digests(&ALL_A), &[], &roots, NOW).unwrap();
+        let p = plan(&db, &digests(&ALL_A), &[], &roots, NOW, u64::MAX).unwrap();
         assert_eq!(p.content, digests(&["a-index", "a-manifest", "layer0", "layer1"]));
         assert!(p.snapshots.is_empty());
     }
@@ -528,9 +565,44 @@ mod tests {
             ingest("abandoned", NOW - HOUR),
             ingest("expired-lease", NOW - 2 * HOUR),
         ];
-        let p = plan(&db, &[], &ingests, &Roots::default(), NOW).unwrap();
+        let p = plan(&db, &[], &ingests, &Roots::default(), NOW, u64::MAX).unwrap();
         assert_eq!(p.ingests, digests(&["abandoned", "expired-lease"]));
+        assert_eq!(p.next_expiry, Some(NOW + 1), "the recent ingest expires first");
         assert_eq!(p.expired_leases, [("k8s.io".to_string(), "dead".to_string())]);
+    }
+
+    // A pull failing on a 200 MiB disk left 155 MB of ingests behind for an hour, and every later
+    // pull failed: only a bounded amount, the most recently written first, is kept for resuming.
+    #[test]
+    fn abandoned_ingests_beyond_the_resume_budget_are_planned() {
+        let (_d, db) = open();
+        let ingest = |name: &str, offset: u64, updated_at: i64| IngestInfo {
+            digest: d(name),
+            offset,
+            total: 1000,
+            started_at: updated_at,
+            updated_at,
+        };
+        let held = LeaseRecord {
+            ingests: vec![d("held").to_string()],
+            expires_at: Some(NOW + 5 * HOUR),
+            ..Default::default()
+        };
+        db.write(|tx| tx.put(&LEASES, "k8s.io/pull", &held)).unwrap();
+        let ingests = [
+            ingest("held", 900, NOW - 1),
+            ingest("newest", 60, NOW - 10),
+            ingest("older", 50, NOW - 20),
+            ingest("small-but-oldest", 10, NOW - 30),
+        ];
+        let p = plan(&db, &[], &ingests, &Roots::default(), NOW, 100).unwrap();
+        assert_eq!(p.ingests, digests(&["older"]), "held ones do not count against the budget");
+        assert_eq!(p.next_expiry, Some(NOW - 30 + HOUR), "the oldest kept ingest expires first");
+        let p = plan(&db, &[], &ingests, &Roots::default(), NOW, 0).unwrap();
+        assert_eq!(p.ingests, digests(&["newest", "older", "small-but-oldest"]));
+        assert_eq!(p.next_expiry, Some(NOW + 5 * HOUR), "the lease expires");
+        assert_eq!(resume_budget(200 << 20), 10 << 20);
+        assert_eq!(resume_budget(1 << 40), MAX_RESUME_BYTES);
     }
 
     #[test]

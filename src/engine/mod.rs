@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, SnapshotterKind};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 pub mod content;
 pub mod digest;
@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metadata;
 pub mod oci;
 pub mod snapshot;
+pub mod space;
 
 /// Disk used by a store: allocated bytes (st_blocks × 512) and inodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub struct Engine {
     pub options: EngineOptions,
     /// Held for writing while GC plans and deletes; held for reading while a pull adds to its lease.
     gc_lock: tokio::sync::RwLock<()>,
+    /// Wakes the background collector ([`Engine::collect_in_background`]).
+    gc_wanted: tokio::sync::Notify,
+    /// When the last collection found something that will expire (Unix nanoseconds).
+    gc_next_expiry: std::sync::Mutex<Option<i64>>,
     info_cache: image::store::InfoCache,
 }
 
@@ -84,8 +89,7 @@ impl Engine {
     /// Opens (creating as needed) the stores under `options.root`.
     pub fn open(options: EngineOptions) -> Result<Arc<Engine>> {
         let root = &options.root;
-        std::fs::create_dir_all(root)
-            .map_err(|e| Error::internal(format!("creating {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root).context(|| format!("creating {}", root.display()))?;
         let db = Arc::new(metadata::Db::open(&root.join("meta.redb"))?);
         let content = content::ContentStore::open(&root.join("content"))?;
         let snapshots =
@@ -100,6 +104,8 @@ impl Engine {
             registry,
             options,
             gc_lock: tokio::sync::RwLock::new(()),
+            gc_wanted: tokio::sync::Notify::new(),
+            gc_next_expiry: std::sync::Mutex::new(None),
             info_cache: Default::default(),
         }))
     }
@@ -114,13 +120,43 @@ impl Engine {
             .map_err(|e| Error::internal(format!("gc task failed: {e}")))?
     }
 
+    /// Asks the background collector to run soon: something may have become garbage (a pull failed,
+    /// an image was removed). Requests made while it runs make it run once more.
+    pub fn request_gc(&self) {
+        self.gc_wanted.notify_one();
+    }
+
+    /// Collects garbage once now (what a crash left behind), then whenever [`Engine::request_gc`]
+    /// asks and whenever something kept by the last run expires (a lease, a download kept for
+    /// resuming). Runs until the task is dropped.
+    pub async fn collect_in_background(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.gc(Default::default()).await {
+                tracing::warn!(error = %e, "background garbage collection");
+            }
+            let next = *self.gc_next_expiry.lock().unwrap_or_else(|p| p.into_inner());
+            let sleep = match next {
+                Some(at) => Duration::from_nanos(at.saturating_sub(metadata::now_nanos()).max(0) as u64),
+                // Nothing to expire: wake only when asked (a day is "never" with a deadline).
+                None => Duration::from_secs(24 * 3600),
+            };
+            tokio::select! {
+                _ = self.gc_wanted.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
     fn gc_locked(&self, roots: &gc::Roots) -> Result<GcStats> {
         let started = std::time::Instant::now();
+        let root = &self.options.root;
+        let resume_bytes = space::Filesystem::of(root).map_or(0, |fs| gc::resume_budget(fs.size));
         // Disk first, then the database: whatever a pull created after this listing is in a lease
         // that the database read below sees.
         let blobs: Vec<digest::Digest> = self.content.list()?.into_iter().map(|(d, _)| d).collect();
         let ingests = self.content.ingests()?;
-        let plan = gc::plan(&self.db, &blobs, &ingests, roots, metadata::now_nanos())?;
+        let plan = gc::plan(&self.db, &blobs, &ingests, roots, metadata::now_nanos(), resume_bytes)?;
+        *self.gc_next_expiry.lock().unwrap_or_else(|p| p.into_inner()) = plan.next_expiry;
         gc::delete_records(&self.db, &plan)?;
         let mut stats = GcStats { leases: plan.expired_leases.len(), ..Default::default() };
         for key in &plan.snapshots {
@@ -139,17 +175,23 @@ impl Engine {
         }
         for d in &plan.ingests {
             match self.content.remove_ingest(d) {
-                Ok(()) => stats.ingests += 1,
+                Ok(true) => stats.ingests += 1,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(digest = %d, error = %e, "gc: removing ingest"),
             }
         }
-        tracing::info!(?stats, elapsed = ?started.elapsed(), "garbage collected");
+        if stats != GcStats::default() {
+            tracing::info!(?stats, elapsed = ?started.elapsed(), "garbage collected");
+        } else {
+            tracing::debug!(elapsed = ?started.elapsed(), "garbage collected: nothing to remove");
+        }
         Ok(stats)
     }
 
-    /// Disk used by content and snapshots.
+    /// Disk used by berth's own data: content (downloads included), snapshots and the metadata
+    /// database.
     pub fn usage(&self) -> Result<Usage> {
-        Ok(self.content.usage()? + self.snapshots.total_usage()?)
+        Ok(self.content.usage()? + self.snapshots.total_usage()? + self.db.usage()?)
     }
 
     /// How long a pull may go without progress.

@@ -12,10 +12,12 @@
 //! by line and never mix inside a line.
 //!
 //! This module must never block on the container: write errors are logged and the output is still
-//! drained, so a full disk cannot stall a container on a full pipe.
+//! drained, so a full disk cannot stall a container on a full pipe. What could not be written is
+//! counted; the first record that can be written again (space came back, or ReopenContainerLog) is
+//! preceded by one marker record on stderr saying how many records and bytes were dropped and why.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,52 +106,121 @@ impl LineSplitter {
     }
 }
 
+/// Output the log could not take: records (lines, or pieces of a long line) and their content bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Dropped {
+    fn add(&mut self, content: &[u8]) {
+        self.records += 1;
+        self.bytes += content.len() as u64;
+    }
+}
+
+/// Where a log's records are appended: the log file, or in tests a fake that runs out of room.
+pub trait LogTarget: std::fmt::Debug + Send {
+    /// One `write(2)`: how much of `buf` was appended.
+    fn append(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Cuts the last `n` bytes off the end again.
+    fn cut_tail(&mut self, n: u64) -> io::Result<()>;
+}
+
+impl LogTarget for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write(buf)
+    }
+
+    fn cut_tail(&mut self, n: u64) -> io::Result<()> {
+        // A stat on this error path only, never per record. The shim is the only writer of the
+        // inode, so its end is the torn record: the kubelet's rotation renames the file (the
+        // descriptor follows the inode) and never writes or truncates it, and a reader that saw
+        // the torn bytes reads an unterminated last line again from its start.
+        let len = self.metadata()?.len();
+        let keep =
+            len.checked_sub(n).ok_or_else(|| io::Error::other("the log is shorter than the torn record"))?;
+        self.set_len(keep)
+    }
+}
+
 /// A container's log file. Both streams of a container share one, so their records interleave.
-/// Without a path, records are discarded (the output is still drained).
+/// Without a path, records are discarded (the output is still drained, and not counted as dropped).
 #[derive(Debug)]
 pub struct LogFile {
     path: Option<PathBuf>,
-    file: Option<File>,
+    target: Option<Box<dyn LogTarget>>,
     record: Vec<u8>,
-    write_failed: bool,
+    /// Dropped since the last record that reached the log, with the error that began the gap.
+    gap: Option<(Dropped, String)>,
+    /// The log ends in part of a record that could not be cut off: the next record starts with a
+    /// newline so that it does not glue onto that part.
+    torn: bool,
+    /// Dropped over the container's life.
+    dropped: Dropped,
 }
 
 impl LogFile {
     /// Opens (creating, mode 0640) the log for appending. The parent directory must exist: the
     /// kubelet creates it. The path must name a regular file, not a symlink (see [`open_append`]).
     pub fn open(path: Option<&Path>) -> Result<LogFile> {
-        let file = path.map(open_append).transpose()?;
-        Ok(LogFile { path: path.map(Path::to_path_buf), file, record: Vec::new(), write_failed: false })
+        let target = match path {
+            Some(path) => Some(Box::new(open_append(path)?) as Box<dyn LogTarget>),
+            None => None,
+        };
+        Ok(LogFile::with_target(path, target))
+    }
+
+    /// A log appending to `target`; `path` is what [`LogFile::reopen`] opens.
+    fn with_target(path: Option<&Path>, target: Option<Box<dyn LogTarget>>) -> LogFile {
+        LogFile {
+            path: path.map(Path::to_path_buf),
+            target,
+            record: Vec::new(),
+            gap: None,
+            torn: false,
+            dropped: Dropped::default(),
+        }
     }
 
     /// Opens the path again, after the kubelet renamed the old file away. On failure the old file
-    /// stays in use.
+    /// stays in use. A pending gap's marker goes into the new file at once, if it has room.
     pub fn reopen(&mut self) -> Result<()> {
         if let Some(path) = &self.path {
-            self.file = Some(open_append(path)?);
-            self.write_failed = false;
+            self.target = Some(Box::new(open_append(path)?));
+            self.torn = false;
+            self.flush_gap(SystemTime::now());
         }
         Ok(())
     }
 
-    /// Writes one record stamped with `at`.
+    /// What was dropped so far because the log could not be written.
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Writes one record stamped with `at`; after a gap, the gap's marker first, in the same
+    /// write: the gap ends only when both fit, so a disk with room for a marker but not for the
+    /// output does not fill the log with markers. A record that cannot be written is dropped and
+    /// counted.
     pub fn write_record(&mut self, at: SystemTime, stream: Stream, partial: bool, content: &[u8]) {
-        let Some(file) = &mut self.file else { return };
-        self.record.clear();
-        format_timestamp(at, &mut self.record);
-        self.record.push(b' ');
-        self.record.extend_from_slice(stream.as_str().as_bytes());
-        self.record.extend_from_slice(if partial { b" P " } else { b" F " });
-        self.record.extend_from_slice(content);
-        self.record.push(b'\n');
-        match file.write_all(&self.record) {
-            Ok(()) => self.write_failed = false,
+        if self.target.is_none() {
+            return;
+        }
+        self.begin_write(at);
+        push_record(&mut self.record, at, stream, partial, content);
+        match self.append() {
+            Ok(()) => self.end_gap(),
             Err(e) => {
-                // Once per failure streak, not once per line.
-                if !self.write_failed {
-                    tracing::warn!(path = ?self.path, error = %e, "writing container log failed");
-                }
-                self.write_failed = true;
+                let path = &self.path;
+                let (gap, _) = self.gap.get_or_insert_with(|| {
+                    // Once per gap, not once per line.
+                    tracing::warn!(?path, error = %e, "writing the container log failed, dropping output");
+                    (Dropped::default(), e.to_string())
+                });
+                gap.add(content);
+                self.dropped.add(content);
             }
         }
         // A record of a very long line must not pin its buffer for the container's lifetime.
@@ -157,6 +228,84 @@ impl LogFile {
             self.record = Vec::new();
         }
     }
+
+    /// Writes a pending gap's marker now (the output ended, or the log was reopened) rather than
+    /// before a next record that may never come. If it still cannot be written, the gap stays.
+    pub fn flush_gap(&mut self, at: SystemTime) {
+        if self.gap.is_none() || self.target.is_none() {
+            return;
+        }
+        self.begin_write(at);
+        if self.append().is_ok() {
+            self.end_gap();
+        }
+    }
+
+    /// Starts the next write in `record`: a newline if the log ends in a torn record, then the
+    /// pending gap's marker, if any.
+    fn begin_write(&mut self, at: SystemTime) {
+        self.record.clear();
+        if self.torn {
+            self.record.push(b'\n');
+        }
+        if let Some((gap, error)) = &self.gap {
+            let marker = format!(
+                "berth: {} log records ({} bytes) of this container were dropped: writing the log failed: {error}",
+                gap.records, gap.bytes
+            );
+            push_record(&mut self.record, at, Stream::Stderr, false, marker.as_bytes());
+        }
+    }
+
+    /// The write that carried a gap's marker succeeded.
+    fn end_gap(&mut self) {
+        if let Some((gap, _)) = self.gap.take() {
+            tracing::info!(
+                path = ?self.path,
+                records = gap.records,
+                bytes = gap.bytes,
+                "writing the container log works again"
+            );
+        }
+    }
+
+    /// Appends `record` to the log. On failure no part of it stays: a short write (the disk
+    /// filled in the middle) is cut off again, or failing that the next write starts on a new
+    /// line.
+    fn append(&mut self) -> io::Result<()> {
+        let Some(target) = &mut self.target else { return Ok(()) };
+        let mut written = 0;
+        let result = loop {
+            match target.append(&self.record[written..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) if written + n == self.record.len() => break Ok(()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => self.torn = false,
+            Err(_) if written > 0 => {
+                if let Err(e) = target.cut_tail(written as u64) {
+                    tracing::warn!(path = ?self.path, error = %e, "cutting a torn record off the container log failed");
+                    self.torn = true;
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// Appends one record, `<timestamp> <stream> <P|F> <content>\n`, to `out`.
+fn push_record(out: &mut Vec<u8>, at: SystemTime, stream: Stream, partial: bool, content: &[u8]) {
+    format_timestamp(at, out);
+    out.push(b' ');
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(if partial { b" P " } else { b" F " });
+    out.extend_from_slice(content);
+    out.push(b'\n');
 }
 
 impl RecordSink for LogFile {
@@ -225,6 +374,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     #[derive(Default)]
@@ -439,6 +589,192 @@ mod tests {
         let opened = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("opening a FIFO hung");
         assert!(opened.is_err());
         assert!(LogFile::open(Some(dir.path())).is_err(), "a directory");
+    }
+
+    /// A disk with room for `room` more bytes, then ENOSPC.
+    #[derive(Debug, Clone, Default)]
+    struct FakeDisk(Arc<Mutex<DiskState>>);
+
+    #[derive(Debug, Default)]
+    struct DiskState {
+        data: Vec<u8>,
+        room: usize,
+        cut_fails: bool,
+    }
+
+    impl FakeDisk {
+        fn with_room(room: usize) -> FakeDisk {
+            let disk = FakeDisk::default();
+            disk.set_room(room);
+            disk
+        }
+        fn set_room(&self, room: usize) {
+            self.0.lock().unwrap().room = room;
+        }
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().data.clone()).unwrap()
+        }
+        /// The log as (stream, tag, content) per line, timestamps dropped.
+        fn lines(&self) -> Vec<String> {
+            self.text().lines().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string()).collect()
+        }
+        fn log(&self) -> LogFile {
+            LogFile::with_target(None, Some(Box::new(self.clone())))
+        }
+    }
+
+    impl LogTarget for FakeDisk {
+        fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut d = self.0.lock().unwrap();
+            if d.room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(d.room);
+            d.room -= n;
+            d.data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn cut_tail(&mut self, n: u64) -> io::Result<()> {
+            let mut d = self.0.lock().unwrap();
+            if d.cut_fails {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let keep = d.data.len() - n as usize;
+            d.data.truncate(keep);
+            d.room += n as usize;
+            Ok(())
+        }
+    }
+
+    const MARKER: &str = "stderr F berth: 3 log records (11 bytes) of this container were dropped: writing the log failed: No space left on device (os error 28)";
+
+    /// Issue 14 item 5: a full log drops records (counted), and the first record that fits again
+    /// is preceded by one marker record with the counts.
+    #[test]
+    fn a_full_log_drops_and_counts_then_marks_the_gap() {
+        let disk = FakeDisk::with_room(1 << 20);
+        let mut log = disk.log();
+        log.record(Stream::Stdout, false, b"before");
+        disk.set_room(0);
+        log.record(Stream::Stdout, false, b"lost1");
+        log.record(Stream::Stderr, true, b"lost");
+        log.record(Stream::Stdout, false, b"xy");
+        assert_eq!(log.dropped(), Dropped { records: 3, bytes: 11 });
+        assert_eq!(disk.lines(), ["stdout F before"]);
+
+        disk.set_room(1 << 20);
+        log.record(Stream::Stdout, false, b"after");
+        log.record(Stream::Stdout, false, b"more");
+        assert_eq!(disk.lines(), ["stdout F before", MARKER, "stdout F after", "stdout F more"]);
+        // The total stays; a later gap has a marker of its own counts.
+        assert_eq!(log.dropped(), Dropped { records: 3, bytes: 11 });
+        disk.set_room(0);
+        log.record(Stream::Stdout, false, b"z");
+        disk.set_room(1 << 20);
+        log.record(Stream::Stdout, false, b"end");
+        assert_eq!(log.dropped(), Dropped { records: 4, bytes: 12 });
+        let lines = disk.lines();
+        assert!(lines[4].starts_with("stderr F berth: 1 log records (1 bytes) "), "{lines:?}");
+        assert_eq!(lines[5], "stdout F end");
+    }
+
+    /// A record that fits only in part is cut off again, so the log holds whole records only. In
+    /// a gap, the marker and the record go in one write: room for either alone is not enough, so
+    /// a nearly full disk does not fill the log with markers.
+    #[test]
+    fn torn_records_are_cut_off() {
+        let disk = FakeDisk::with_room(1 << 20);
+        let mut log = disk.log();
+        log.record(Stream::Stdout, false, b"one");
+        let whole = disk.text().len();
+        disk.set_room(whole / 2);
+        log.record(Stream::Stdout, false, b"two");
+        assert_eq!(disk.lines(), ["stdout F one"]);
+        assert!(disk.text().ends_with('\n'));
+        assert_eq!(log.dropped(), Dropped { records: 1, bytes: 3 });
+        // Room for the record alone.
+        disk.set_room(whole + 2);
+        log.record(Stream::Stdout, false, b"six");
+        assert_eq!(disk.lines(), ["stdout F one"]);
+        // Room for the marker alone.
+        disk.set_room(300);
+        log.record(Stream::Stdout, false, &[b'x'; 300]);
+        assert_eq!(disk.lines(), ["stdout F one"]);
+        assert_eq!(log.dropped(), Dropped { records: 3, bytes: 306 });
+        disk.set_room(1 << 20);
+        log.record(Stream::Stdout, false, b"ten");
+        let lines = disk.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[1].starts_with("stderr F berth: 3 log records (306 bytes) "), "{lines:?}");
+        assert_eq!(lines[2], "stdout F ten");
+    }
+
+    /// When a torn record cannot be cut off, the next record starts on a line of its own.
+    #[test]
+    fn a_torn_record_that_stays_is_ended_by_the_next() {
+        let disk = FakeDisk::with_room(10);
+        disk.0.lock().unwrap().cut_fails = true;
+        let mut log = disk.log();
+        log.record(Stream::Stdout, false, b"torn");
+        disk.set_room(1 << 20);
+        log.record(Stream::Stdout, false, b"whole");
+        let text = disk.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert_eq!(lines[0].len(), 10, "{text:?}");
+        assert!(lines[1].contains(" stderr F berth: 1 log records (4 bytes) "), "{text:?}");
+        assert!(lines[2].ends_with(" stdout F whole"), "{text:?}");
+    }
+
+    #[test]
+    fn a_files_tail_is_cut_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut file = open_append(&path).unwrap();
+        file.append(b"whole\ntorn").unwrap();
+        file.cut_tail(4).unwrap();
+        assert_eq!(read(&path), "whole\n");
+        file.append(b"next\n").unwrap();
+        assert_eq!(read(&path), "whole\nnext\n");
+        assert!(file.cut_tail(100).is_err());
+        assert_eq!(read(&path), "whole\nnext\n");
+    }
+
+    /// ReopenContainerLog after a gap: the marker goes into the new file at once; the rotated
+    /// file is left as it was.
+    #[test]
+    fn reopen_writes_the_pending_marker_into_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let disk = FakeDisk::with_room(0);
+        let mut log = LogFile::with_target(Some(&path), Some(Box::new(disk.clone())));
+        log.record(Stream::Stdout, false, b"lost");
+        log.reopen().unwrap();
+        log.record(Stream::Stdout, false, b"new");
+        let lines: Vec<String> =
+            read(&path).lines().map(|l| l.split_once(' ').unwrap().1.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("stderr F berth: 1 log records (4 bytes) "), "{lines:?}");
+        assert_eq!(lines[1], "stdout F new");
+        assert_eq!(disk.text(), "");
+        assert_eq!(log.dropped(), Dropped { records: 1, bytes: 4 });
+    }
+
+    /// At the end of the output a pending marker is written if there is room, and otherwise the
+    /// gap stays for a later try.
+    #[test]
+    fn flush_gap_writes_the_marker_when_it_fits() {
+        let disk = FakeDisk::with_room(0);
+        let mut log = disk.log();
+        log.record(Stream::Stdout, false, b"lost");
+        log.flush_gap(SystemTime::now());
+        assert_eq!(disk.text(), "");
+        disk.set_room(1 << 20);
+        log.flush_gap(SystemTime::now());
+        log.flush_gap(SystemTime::now());
+        let lines = disk.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("stderr F berth: 1 log records (4 bytes) "), "{lines:?}");
     }
 
     #[test]

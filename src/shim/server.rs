@@ -120,6 +120,7 @@ impl Container {
             RecordedStatus::Stopped => proto::Status::Stopped,
         };
         let r = self.record();
+        let dropped = lock(&self.log).dropped();
         proto::ContainerState {
             id: r.id,
             status: status as i32,
@@ -129,6 +130,8 @@ impl Container {
             started_at: r.started_at,
             exited_at: r.exited_at,
             oom_killed: r.oom_killed,
+            log_dropped_records: dropped.records,
+            log_dropped_bytes: dropped.bytes,
         }
     }
 

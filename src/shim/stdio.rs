@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -162,7 +162,10 @@ pub async fn copy_to_log(
             }
         }
     }
-    splitter.finish(&mut *lock(&log));
+    let mut log = lock(&log);
+    splitter.finish(&mut *log);
+    // The output may end inside a gap, with no next record to carry its marker.
+    log.flush_gap(SystemTime::now());
 }
 
 /// Reads an exec's stdout and stderr until both end, keeping at most `cap` bytes of each. Once

@@ -95,6 +95,13 @@ impl FakeShim {
         }
     }
 
+    /// Makes State and List report that the container's log dropped this much so far.
+    pub fn set_log_dropped(&self, id: &str, records: u64, bytes: u64) {
+        if let Some(c) = lock(&self.state).containers.get_mut(id) {
+            (c.state.log_dropped_records, c.state.log_dropped_bytes) = (records, bytes);
+        }
+    }
+
     /// Whether a Shutdown succeeded.
     pub fn is_shut_down(&self) -> bool {
         lock(&self.state).shut_down
@@ -248,6 +255,8 @@ impl ShimApi for FakeShim {
                     exited_at: None,
                     oom_killed: false,
                     reclaimed: false,
+                    log_dropped_records: 0,
+                    log_dropped_bytes: 0,
                 },
                 exited: watch::channel(None).0,
             };

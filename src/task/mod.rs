@@ -115,6 +115,10 @@ pub struct ContainerState {
     pub oom_killed: bool,
     /// Its shim died while it ran; `berth-shim cleanup` ended it (exit code 137) or found it gone (255).
     pub reclaimed: bool,
+    /// Output its CRI log could not take (a full disk), over its life: records and content bytes.
+    /// Zero when the shim is gone (it is not recorded on disk).
+    pub log_dropped_records: u64,
+    pub log_dropped_bytes: u64,
 }
 
 /// A container's exit, from Wait or the event stream.
@@ -281,6 +285,8 @@ pub fn recorded_states(dir: &Path) -> Result<Vec<ContainerState>> {
             exited_at: time(r.exited_at),
             oom_killed: r.oom_killed,
             reclaimed: r.reclaimed,
+            log_dropped_records: 0,
+            log_dropped_bytes: 0,
         })
         .collect())
 }
@@ -307,6 +313,8 @@ impl From<proto::ContainerState> for ContainerState {
             exited_at: time(s.exited_at),
             oom_killed: s.oom_killed,
             reclaimed: false,
+            log_dropped_records: s.log_dropped_records,
+            log_dropped_bytes: s.log_dropped_bytes,
         }
     }
 }
@@ -338,11 +346,14 @@ mod tests {
             started_at: 0,
             exited_at: 3_000,
             oom_killed: true,
+            log_dropped_records: 4,
+            log_dropped_bytes: 80,
         });
         assert_eq!(s.status, ContainerStatus::Stopped);
         assert_eq!(s.created_at, Some(UNIX_EPOCH + Duration::from_nanos(1_000)));
         assert_eq!(s.started_at, None);
         assert!(s.oom_killed);
+        assert_eq!((s.log_dropped_records, s.log_dropped_bytes), (4, 80));
         let unknown = ContainerState::from(proto::ContainerState { status: 42, ..Default::default() });
         assert_eq!(unknown.status, ContainerStatus::Unknown);
     }

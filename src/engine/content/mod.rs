@@ -339,12 +339,17 @@ impl ContentStore {
         Ok(out)
     }
 
-    /// Removes the ingest of `d` (an abandoned download). Does nothing if a writer of `d` is active.
-    pub fn remove_ingest(&self, d: &Digest) -> Result<()> {
+    /// Removes the ingest of `d` (an abandoned download); returns whether there was one to remove.
+    /// Does nothing (false) if a writer of `d` is active.
+    pub fn remove_ingest(&self, d: &Digest) -> Result<bool> {
         let lock = self.lock_for(d);
-        let Ok(_guard) = lock.try_lock() else { return Ok(()) };
+        let Ok(_guard) = lock.try_lock() else { return Ok(false) };
         let dir = self.ingest_dir(d);
-        remove_path(&dir).context(|| format!("removing ingest of blob {d}"))
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(false);
+        }
+        remove_path(&dir).context(|| format!("removing ingest of blob {d}"))?;
+        Ok(true)
     }
 
     /// Disk used by committed blobs and ingests: allocated bytes and inodes (for CRI ImageFsInfo).
@@ -745,12 +750,12 @@ mod tests {
         let d = Digest::of(b"abc");
         let mut w = s.writer(&d, 3).await.unwrap().unwrap();
         w.write(b"a").unwrap();
-        s.remove_ingest(&d).unwrap();
+        assert!(!s.remove_ingest(&d).unwrap(), "not removed, not counted");
         assert_eq!(s.ingests().unwrap().len(), 1, "held by a writer");
         drop(w);
-        s.remove_ingest(&d).unwrap();
+        assert!(s.remove_ingest(&d).unwrap());
         assert!(s.ingests().unwrap().is_empty());
-        s.remove_ingest(&d).unwrap(); // idempotent
+        assert!(!s.remove_ingest(&d).unwrap(), "idempotent, and nothing to count");
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub fn import(engine: &Engine, ns: &str, reader: impl Read) -> Result<Vec<String
     if let Err(e) = lease::delete(&engine.db, ns, &lease) {
         tracing::warn!(lease = %lease, error = %e, "deleting import lease");
     }
-    r
+    if r.is_err() {
+        // What the import wrote is referenced by nothing now.
+        engine.request_gc();
+    }
+    r.map_err(|e| crate::engine::space::name_full_filesystem(e, &engine.options.root))
 }
 
 fn import_leased(engine: &Engine, ns: &str, lease: &str, reader: impl Read) -> Result<Vec<String>> {

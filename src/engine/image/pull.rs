@@ -21,7 +21,7 @@ use super::store::{ImageInfo, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, check_manife
 use super::unpack::LayerToUnpack;
 use crate::engine::digest::Digest;
 use crate::engine::oci::{self, Descriptor, Parsed, Platform};
-use crate::engine::{Engine, lease};
+use crate::engine::{Engine, lease, space};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long a pull's lease protects what it fetched if berthd dies before finishing.
@@ -121,17 +121,54 @@ impl Engine {
         let ns = ns.to_string();
         let reference = reference.clone();
         let task = tokio::spawn(async move {
-            let lease = lease::create(&engine.db, &ns, None, Some(PULL_LEASE_EXPIRY), Default::default())?;
+            let root = &engine.options.root;
+            let lease = lease::create(&engine.db, &ns, None, Some(PULL_LEASE_EXPIRY), Default::default())
+                .map_err(|e| space::name_full_filesystem(e, root))?;
             let progress = progress.unwrap_or_default();
-            let r = engine.pull_leased(&ns, &lease, &reference, creds, names, &progress).await;
+            // Named while the filesystem is as the failure found it, before anything is given back.
+            let r = engine
+                .pull_leased(&ns, &lease, &reference, creds, names, &progress)
+                .await
+                .map_err(|e| space::name_full_filesystem(e, root));
+            if let Err(e) = &r
+                && e.is_no_space()
+            {
+                // Partial downloads are kept for resuming, but not on a full disk: they are what
+                // fills it, and the retry cannot succeed until there is room.
+                engine.drop_partial_downloads(&ns, &lease);
+            }
             if let Err(e) = lease::delete(&engine.db, &ns, &lease) {
                 tracing::warn!(lease = %lease, error = %e, "deleting pull lease");
+            }
+            if r.is_err() {
+                // What the pull fetched and unpacked is referenced by nothing now.
+                engine.request_gc();
             }
             r
         });
         let pulled = task.await.map_err(|e| Error::internal(format!("pull task failed: {e}")));
         crate::mem::release_free_memory();
         pulled?
+    }
+
+    /// Removes the ingests of the blobs lease `lease` holds that no writer is using.
+    fn drop_partial_downloads(&self, ns: &str, lease: &str) {
+        let record = match lease::get(&self.db, ns, lease) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "reading pull lease to drop its downloads");
+                return;
+            }
+        };
+        let ingests = record.ingests.iter().filter_map(|d| Digest::parse(d).ok());
+        for d in ingests.chain(record.content.iter().cloned()) {
+            match self.content.remove_ingest(&d) {
+                Ok(true) => tracing::debug!(digest = %d, "dropped partial download on a full disk"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(digest = %d, error = %e, "dropping partial download"),
+            }
+        }
     }
 
     async fn pull_leased(
@@ -213,36 +250,43 @@ impl Engine {
                 let _ = tx.send(r);
             });
         }
-        let mut parent: Option<Digest> = None;
-        for (i, rx) in done_rx.into_iter().enumerate() {
-            let layer = &manifest.layers[i];
-            rx.await.map_err(|_| Error::internal("layer download task vanished"))??;
-            // Said as it is, so that a progress display shows no unpacking (nor a rate) for it.
-            let already = self.unpacker.is_unpacked(&chain[i])?;
-            if !already {
-                progress.update(&layer.digest, None, LayerStatus::Unpacking);
+        let unpacked = async {
+            let mut parent: Option<Digest> = None;
+            for (i, rx) in done_rx.into_iter().enumerate() {
+                let layer = &manifest.layers[i];
+                rx.await.map_err(|_| Error::internal("layer download task vanished"))??;
+                // Said as it is, so that a progress display shows no unpacking (nor a rate) for it.
+                let already = self.unpacker.is_unpacked(&chain[i])?;
+                if !already {
+                    progress.update(&layer.digest, None, LayerStatus::Unpacking);
+                }
+                let to_unpack = LayerToUnpack {
+                    blob_path: self.content.path(&layer.digest),
+                    desc: layer.clone(),
+                    diff_id: config.rootfs.diff_ids[i].clone(),
+                };
+                let engine = self.clone();
+                let (ns2, lease2) = (ns.to_string(), lease.to_string());
+                let max_expansion = self.options.unpack_max_expansion;
+                let parent_for_task = parent.clone();
+                let chain_id = tokio::task::spawn_blocking(move || {
+                    let on_new = |key: &str| lease::add_snapshot(&engine.db, &ns2, &lease2, key);
+                    engine.unpacker.unpack_one(parent_for_task.as_ref(), &to_unpack, &on_new, max_expansion)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("unpack task failed: {e}")))??;
+                debug_assert_eq!(chain_id, chain[i]);
+                let done = if already { LayerStatus::AlreadyUnpacked } else { LayerStatus::Unpacked };
+                progress.update(&layer.digest, None, done);
+                parent = Some(chain_id);
             }
-            let to_unpack = LayerToUnpack {
-                blob_path: self.content.path(&layer.digest),
-                desc: layer.clone(),
-                diff_id: config.rootfs.diff_ids[i].clone(),
-            };
-            let engine = self.clone();
-            let (ns2, lease2) = (ns.to_string(), lease.to_string());
-            let max_expansion = self.options.unpack_max_expansion;
-            let parent_for_task = parent.clone();
-            let chain_id = tokio::task::spawn_blocking(move || {
-                let on_new = |key: &str| lease::add_snapshot(&engine.db, &ns2, &lease2, key);
-                engine.unpacker.unpack_one(parent_for_task.as_ref(), &to_unpack, &on_new, max_expansion)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("unpack task failed: {e}")))??;
-            debug_assert_eq!(chain_id, chain[i]);
-            let done = if already { LayerStatus::AlreadyUnpacked } else { LayerStatus::Unpacked };
-            progress.update(&layer.digest, None, done);
-            parent = Some(chain_id);
+            Ok::<_, Error>(())
         }
+        .await;
+        // A failed pull stops its other downloads before its lease goes, so that garbage collection
+        // finds their partial data unused.
         downloads.shutdown().await;
+        unpacked?;
 
         // GC references, then the image records; only then may the lease go.
         let info = self.image_info(&target)?;

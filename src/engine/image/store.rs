@@ -114,9 +114,10 @@ impl Engine {
         })
     }
 
-    /// Deletes image records; returns how many existed. Content goes at the next garbage collection.
+    /// Deletes image records; returns how many existed. Content goes at the next garbage collection,
+    /// which this asks for.
     pub fn delete_images(&self, ns: &str, names: &[String]) -> Result<usize> {
-        self.db.write(|tx| {
+        let n = self.db.write(|tx| {
             let mut n = 0;
             for name in names {
                 if tx.delete(&IMAGES, &ns_key(ns, name))? {
@@ -124,7 +125,11 @@ impl Engine {
                 }
             }
             Ok(n)
-        })
+        })?;
+        if n > 0 {
+            self.request_gc();
+        }
+        Ok(n)
     }
 
     /// The namespaces that exist.

@@ -21,13 +21,15 @@
 //! This module must never hold a transaction across an await point or do I/O other than the database.
 
 use std::marker::PhantomData;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, ErrorKind, Result};
 
 pub mod records;
 
@@ -77,12 +79,56 @@ pub fn validate_namespace(ns: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(Error::invalid(format!("invalid namespace name {ns:?}"))) }
 }
 
+/// Disk kept allocated past the end of the database file (`fallocate` with `FALLOC_FL_KEEP_SIZE`), so
+/// that commits can grow the file, and fill its holes, on a filesystem that is full: deleting records
+/// (RemoveImage, RemoveContainer, garbage collection) must work exactly when the disk is full.
+pub const RESERVE_BYTES: u64 = 8 << 20;
+
+/// How long closing the database after an I/O error waits for the transactions other threads have
+/// in flight (they never span an await, so they end in microseconds unless nested in this thread).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Db {
-    inner: redb::Database,
+    path: PathBuf,
+    /// The open database; None once an I/O error closed it. redb refuses every operation after a
+    /// failed write until the file is opened again, so the next call reopens it (redb repairs what
+    /// the failed commit left; the last committed transaction is what is there).
+    slot: Mutex<Option<Arc<redb::Database>>>,
+    reserve: Reserve,
+}
+
+/// redb's errors as berth's, Internal unless the storage failed: an I/O error keeps its
+/// `io::Error` as the cause, so that a full disk becomes ResourceExhausted.
+fn storage<E: Into<redb::Error>>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> Error {
+    move |e| match e.into() {
+        redb::Error::Io(io) => Error::with_source(ErrorKind::Internal, what(), io),
+        e @ (redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+            Error::with_source(ErrorKind::Unavailable, what(), e)
+        }
+        e => Error::with_source(ErrorKind::Internal, what(), e),
+    }
 }
 
 fn db_err(what: &'static str) -> impl FnOnce() -> String {
     move || format!("metadata database: {what}")
+}
+
+/// Whether `e` says the database file could not be read or written: redb then refuses every
+/// later operation until the database is opened again.
+fn storage_failed(e: &Error) -> bool {
+    let Some(cause) = e.cause() else { return false };
+    cause.downcast_ref::<std::io::Error>().is_some()
+        || matches!(
+            cause.downcast_ref::<redb::Error>(),
+            Some(redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+        )
+}
+
+fn open_redb(path: &Path) -> Result<redb::Database> {
+    redb::Builder::new()
+        .set_cache_size(4 << 20)
+        .create(path)
+        .map_err(storage(|| format!("opening metadata database {}", path.display())))
 }
 
 impl Db {
@@ -90,6 +136,8 @@ impl Db {
     ///
     /// A new database is built under a temporary name and renamed into place once initialised, so a
     /// crash during the very first start never leaves a half-written file that could not be opened.
+    /// Opening an existing database whose schema is current writes nothing (it must work on a full
+    /// disk).
     pub fn open(path: &Path) -> Result<Db> {
         if !path.exists() {
             let tmp = path.with_extension("redb.new");
@@ -110,65 +158,192 @@ impl Db {
     }
 
     fn open_existing(path: &Path) -> Result<Db> {
-        let inner = redb::Builder::new()
-            .set_cache_size(4 << 20)
-            .create(path)
-            .context(|| format!("opening metadata database {}", path.display()))?;
-        let db = Db { inner };
-        db.write(|tx| {
-            let found: Option<u32> = {
-                let t = tx.inner.open_table(META).context(db_err("opening meta table"))?;
-                let v = t.get("schema_version").context(db_err("reading schema version"))?;
-                match v {
-                    Some(v) => Some(
-                        serde_json::from_slice(v.value())
-                            .context(|| "metadata database: corrupt schema version".to_string())?,
-                    ),
-                    None => None,
-                }
+        let inner = open_redb(path).map_err(|e| crate::engine::space::name_full_filesystem(e, path))?;
+        let db = Db {
+            path: path.to_path_buf(),
+            slot: Mutex::new(Some(Arc::new(inner))),
+            reserve: Reserve::open(path),
+        };
+        let found: Option<u32> = db.read(|tx| {
+            let t = match tx.inner.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(storage(db_err("opening meta table"))(e)),
             };
-            match found {
-                None => {}
-                Some(v) if v == SCHEMA_VERSION => return Ok(()),
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(Error::precondition(format!(
-                        "metadata database {} has schema version {v}, newer than this berthd's {SCHEMA_VERSION}: \
-                         refusing to downgrade",
-                        path.display()
-                    )));
-                }
-                Some(v) => migrate(tx, v)?,
-            }
-            let mut t = tx.inner.open_table(META).context(db_err("opening meta table"))?;
-            let v = serde_json::to_vec(&SCHEMA_VERSION).expect("u32 serializes");
-            t.insert("schema_version", v.as_slice()).context(db_err("writing schema version"))?;
-            Ok(())
+            let v = t.get("schema_version").map_err(storage(db_err("reading schema version")))?;
+            v.map(|v| {
+                serde_json::from_slice(v.value())
+                    .context(|| "metadata database: corrupt schema version".to_string())
+            })
+            .transpose()
         })?;
+        match found {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(Error::precondition(format!(
+                    "metadata database {} has schema version {v}, newer than this berthd's {SCHEMA_VERSION}: \
+                     refusing to downgrade",
+                    path.display()
+                )));
+            }
+            found => db.write(|tx| {
+                if let Some(v) = found {
+                    migrate(tx, v)?;
+                }
+                let mut t = tx.inner.open_table(META).map_err(storage(db_err("opening meta table")))?;
+                let v = serde_json::to_vec(&SCHEMA_VERSION).expect("u32 serializes");
+                t.insert("schema_version", v.as_slice())
+                    .map_err(storage(db_err("writing schema version")))?;
+                Ok(())
+            })?,
+        }
+        db.reserve.top_up();
         Ok(db)
+    }
+
+    /// The open database, opening it again if an I/O error closed it.
+    fn handle(&self) -> Result<Arc<redb::Database>> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = open_redb(&self.path).map_err(|e| {
+            let e = e.context("metadata database: reopening after an I/O error");
+            crate::engine::space::name_full_filesystem(e, &self.path)
+        })?;
+        tracing::info!(path = %self.path.display(), "metadata database reopened after an I/O error");
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes `failed` (if it is still the open database) once the transactions in flight on it are
+    /// done, so that the next call opens the file again. Gives up after [`CLOSE_WAIT`] (a transaction
+    /// nested in this thread's) and leaves it for the next failure to retry.
+    fn close_failed(&self, failed: Arc<redb::Database>) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
+            return;
+        }
+        drop(failed);
+        let mut db = slot.take().expect("checked above");
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    drop(db);
+                    tracing::warn!(path = %self.path.display(), "metadata database closed after an I/O error");
+                    return;
+                }
+                Err(still) if std::time::Instant::now() >= deadline => {
+                    tracing::warn!(path = %self.path.display(), "metadata database failed but is still in use");
+                    *slot = Some(still);
+                    return;
+                }
+                Err(still) => {
+                    db = still;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// What every call does with its outcome: a storage failure closes the database (reopened by the
+    /// next call), and a full filesystem is named.
+    fn finish<T>(&self, db: Arc<redb::Database>, r: Result<T>) -> Result<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if storage_failed(&e) {
+                    self.close_failed(db);
+                }
+                Err(crate::engine::space::name_full_filesystem(e, &self.path))
+            }
+        }
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot of the database).
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx) -> Result<T>) -> Result<T> {
-        let tx = self.inner.begin_read().context(db_err("beginning read transaction"))?;
-        f(&ReadTx { inner: tx })
+        let db = self.handle()?;
+        let r = db
+            .begin_read()
+            .map_err(storage(db_err("beginning read transaction")))
+            .and_then(|tx| f(&ReadTx { inner: tx }));
+        self.finish(db, r)
     }
 
     /// Runs `f` in a write transaction, committed when `f` returns Ok and aborted otherwise.
-    /// Writers are serialised by redb.
+    /// Writers are serialised by redb. A commit that fails (a full disk) leaves the database as the
+    /// last successful commit left it.
     pub fn write<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
-        let tx = self.inner.begin_write().context(db_err("beginning write transaction"))?;
-        let wtx = WriteTx { inner: tx };
-        match f(&wtx) {
-            Ok(v) => {
-                let t = std::time::Instant::now();
-                wtx.inner.commit().context(db_err("committing transaction"))?;
-                // Each commit syncs the file: several ms on slow disks, so callers count them.
-                tracing::debug!(elapsed = ?t.elapsed(), "transaction committed");
-                Ok(v)
+        let db = self.handle()?;
+        let r = db.begin_write().map_err(storage(db_err("beginning write transaction"))).and_then(|tx| {
+            let wtx = WriteTx { inner: tx };
+            match f(&wtx) {
+                Ok(v) => {
+                    let t = std::time::Instant::now();
+                    wtx.inner.commit().map_err(storage(db_err("committing transaction")))?;
+                    // Each commit syncs the file: several ms on slow disks, so callers count them.
+                    tracing::debug!(elapsed = ?t.elapsed(), "transaction committed");
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = wtx.inner.abort();
+                    Err(e)
+                }
+            }
+        });
+        if r.is_ok() {
+            self.reserve.top_up();
+        }
+        self.finish(db, r)
+    }
+
+    /// Disk the database file takes, its reserve included.
+    pub fn usage(&self) -> Result<crate::engine::Usage> {
+        let m = std::fs::metadata(&self.path)
+            .context(|| format!("measuring disk usage of {}", self.path.display()))?;
+        Ok(crate::engine::Usage { bytes: m.blocks() * 512, inodes: 1 })
+    }
+}
+
+/// Keeps [`RESERVE_BYTES`] allocated past the end of the database file. Best effort: where the
+/// filesystem cannot preallocate, or is already full, the database works without it.
+struct Reserve {
+    file: Option<std::fs::File>,
+    /// Whether the last top-up failed (logged once per failure streak).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Reserve {
+    fn open(path: &Path) -> Reserve {
+        let file = std::fs::OpenOptions::new().write(true).open(path).ok();
+        Reserve { file, failing: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Allocates whatever of the first `size + RESERVE_BYTES` bytes of the file is not allocated
+    /// yet (holes left by the file's growth, and the reserve past its end).
+    fn top_up(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(file) = &self.file else { return };
+        let Ok(m) = file.metadata() else { return };
+        let want = m.len() + RESERVE_BYTES;
+        if m.blocks() * 512 >= want {
+            return;
+        }
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, want) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("metadata database reserve restored");
+                }
             }
             Err(e) => {
-                let _ = wtx.inner.abort();
-                Err(e)
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        reserve = RESERVE_BYTES,
+                        "could not keep disk reserved for the metadata database: {e}"
+                    );
+                }
             }
         }
     }
@@ -202,9 +377,11 @@ macro_rules! read_methods {
             let t = match self.inner.open_table(table.def) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e).context(|| format!("metadata database: opening {}", table.name())),
+                Err(e) => return Err(storage(|| format!("metadata database: opening {}", table.name()))(e)),
             };
-            let v = t.get(key).context(|| format!("metadata database: reading {}/{key}", table.name()))?;
+            let v = t
+                .get(key)
+                .map_err(storage(|| format!("metadata database: reading {}/{key}", table.name())))?;
             v.map(|v| decode(table.name(), key, v.value())).transpose()
         }
 
@@ -213,16 +390,16 @@ macro_rules! read_methods {
             let t = match self.inner.open_table(table.def) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e).context(|| format!("metadata database: opening {}", table.name())),
+                Err(e) => return Err(storage(|| format!("metadata database: opening {}", table.name()))(e)),
             };
             let what = || format!("metadata database: listing {}", table.name());
             let range = match prefix_end(prefix) {
-                Some(end) if !prefix.is_empty() => t.range(prefix..end.as_str()).context(what)?,
-                _ => t.range::<&str>(prefix..).context(what)?,
+                Some(end) if !prefix.is_empty() => t.range(prefix..end.as_str()).map_err(storage(what))?,
+                _ => t.range::<&str>(prefix..).map_err(storage(what))?,
             };
             let mut out = Vec::new();
             for item in range {
-                let (k, v) = item.context(what)?;
+                let (k, v) = item.map_err(storage(what))?;
                 let key = k.value().to_string();
                 if !key.starts_with(prefix) {
                     break;
@@ -256,9 +433,9 @@ impl WriteTx {
         let mut t = self
             .inner
             .open_table(table.def)
-            .context(|| format!("metadata database: opening {}", table.name()))?;
+            .map_err(storage(|| format!("metadata database: opening {}", table.name())))?;
         t.insert(key, bytes.as_slice())
-            .context(|| format!("metadata database: writing {}/{key}", table.name()))?;
+            .map_err(storage(|| format!("metadata database: writing {}/{key}", table.name())))?;
         Ok(())
     }
 
@@ -267,8 +444,10 @@ impl WriteTx {
         let mut t = self
             .inner
             .open_table(table.def)
-            .context(|| format!("metadata database: opening {}", table.name()))?;
-        let old = t.remove(key).context(|| format!("metadata database: deleting {}/{key}", table.name()))?;
+            .map_err(storage(|| format!("metadata database: opening {}", table.name())))?;
+        let old = t
+            .remove(key)
+            .map_err(storage(|| format!("metadata database: deleting {}/{key}", table.name())))?;
         Ok(old.is_some())
     }
 }
@@ -345,6 +524,39 @@ mod tests {
         let db = Db::open(&path).unwrap();
         db.write(|tx| tx.put(&THINGS, "a", &Thing { n: 1 })).unwrap();
         assert!(!path.with_extension("redb.new").exists());
+    }
+
+    // berthd must start on a full disk: opening a current database reads it, and writes nothing.
+    #[test]
+    fn opening_an_existing_database_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let db = Db::open(&path).unwrap();
+        db.write(|tx| tx.put(&THINGS, "a", &Thing { n: 1 })).unwrap();
+        drop(db);
+        let before = std::fs::read(&path).unwrap();
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.read(|tx| tx.get(&THINGS, "a")).unwrap(), Some(Thing { n: 1 }));
+        let after = std::fs::read(&path).unwrap();
+        let changed: Vec<usize> =
+            (0..before.len().max(after.len())).filter(|i| before.get(*i) != after.get(*i)).collect();
+        // redb flags the file as open in a header byte: a write in place, which needs no space.
+        assert!(changed.iter().all(|i| *i == 9), "the database file changed on open at {changed:?}");
+    }
+
+    #[test]
+    fn disk_is_kept_allocated_ahead_of_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let db = Db::open(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(m.blocks() * 512 >= m.len() + RESERVE_BYTES, "{} of {}", m.blocks() * 512, m.len());
+        for i in 0..200 {
+            db.write(|tx| tx.put(&THINGS, &format!("k{i}"), &Thing { n: i })).unwrap();
+        }
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(m.blocks() * 512 >= m.len() + RESERVE_BYTES, "{} of {}", m.blocks() * 512, m.len());
+        assert_eq!(db.usage().unwrap().bytes, m.blocks() * 512);
     }
 
     #[test]

@@ -117,25 +117,55 @@ pub struct Snapshots {
     db: Arc<Db>,
     backend: Box<dyn Backend>,
     next_id: AtomicU64,
+    /// The snapshotter directory, to name its filesystem when it is full.
+    dir: PathBuf,
 }
 
 impl Snapshots {
-    /// Opens the snapshotter in `dir` with the configured backend. For overlayfs, the backing
-    /// filesystem must support d_type and an overlay mount must actually work there; otherwise the
-    /// reason is logged and the native backend is used, as containerd does. Removes crash leftovers.
+    /// Opens the snapshotter in `dir`. The backend that made the snapshots there, recorded in the
+    /// marker file at first start, is used again without probing, whatever the probe would say today
+    /// (a full disk must not change it). Without a marker (first start), or with a recorded native
+    /// fallback and no snapshots yet, the configured backend is probed: overlayfs needs d_type and a
+    /// working overlay mount there, else the reason is logged and native is used, as containerd
+    /// does; a probe that cannot write its test files (a full disk) decides nothing, and the
+    /// configured backend is used. Removes crash leftovers.
     pub fn open(dir: &Path, kind: SnapshotterKind, db: Arc<Db>) -> Result<Snapshots> {
         fs::create_dir_all(dir.join("snapshots"))
             .context(|| format!("creating snapshotter directory {}", dir.display()))?;
-        let backend: Box<dyn Backend> = match kind {
-            SnapshotterKind::Native => Box::new(NativeBackend::new(dir)),
-            SnapshotterKind::Overlayfs => match overlay::check_support(dir) {
-                Ok(()) => Box::new(OverlayBackend::new(dir)),
-                Err(why) => {
+        let marker = read_marker(dir)?;
+        let have_records = !db.read(|tx| tx.list(&SNAPSHOTS, ""))?.is_empty();
+        let backend: Box<dyn Backend> = match (kind, marker.as_deref()) {
+            (SnapshotterKind::Native, _) => Box::new(NativeBackend::new(dir)),
+            (SnapshotterKind::Overlayfs, Some("overlayfs")) => Box::new(OverlayBackend::new(dir)),
+            (SnapshotterKind::Overlayfs, Some("native")) if have_records => {
+                tracing::info!(
+                    dir = %dir.display(),
+                    "using the native snapshotter that the snapshots here were made with \
+                     (overlayfs was unavailable when they were)"
+                );
+                Box::new(NativeBackend::new(dir))
+            }
+            (SnapshotterKind::Overlayfs, marker) => match overlay::check_support(dir) {
+                overlay::Support::Yes => Box::new(OverlayBackend::new(dir)),
+                overlay::Support::No(why) => {
                     tracing::warn!(
                         dir = %dir.display(),
                         "overlayfs snapshotter unavailable, falling back to native: {why}"
                     );
                     Box::new(NativeBackend::new(dir))
+                }
+                overlay::Support::Unknown(why) => {
+                    let keep_native = marker == Some("native");
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "could not check overlayfs support, keeping {}: {why}",
+                        if keep_native { "native" } else { "overlayfs as configured" }
+                    );
+                    if keep_native {
+                        Box::new(NativeBackend::new(dir))
+                    } else {
+                        Box::new(OverlayBackend::new(dir))
+                    }
                 }
             },
         };
@@ -171,7 +201,7 @@ impl Snapshots {
         for (_, r) in &records {
             max_id = max_id.max(r.id.parse().unwrap_or(0));
         }
-        Ok(Snapshots { db, backend, next_id: AtomicU64::new(max_id + 1) })
+        Ok(Snapshots { db, backend, next_id: AtomicU64::new(max_id + 1), dir: dir.to_path_buf() })
     }
 
     /// The backend in use: `"overlayfs"` or `"native"` (after any fallback).
@@ -235,7 +265,8 @@ impl Snapshots {
             if let Err(e2) = self.backend.remove(&id) {
                 tracing::warn!(key, id, "rolling back snapshot directory: {e2}");
             }
-            return Err(e.context(format!("creating snapshot {key:?}")));
+            let e = e.context(format!("creating snapshot {key:?}"));
+            return Err(crate::engine::space::name_full_filesystem(e, &self.dir));
         }
         Ok(self.backend.mounts(&id, &parent_ids, kind))
     }
@@ -386,23 +417,32 @@ fn chain_ids(
     Ok(ids)
 }
 
-/// Makes sure the snapshots in `dir` were made by `backend`: the layouts differ, so switching
-/// (by configuration or by an overlay fallback) with snapshots present would hand out broken trees.
-fn check_marker(dir: &Path, backend: &str, have_records: bool) -> Result<()> {
+/// The backend named by the marker file in `dir`, if there is one.
+fn read_marker(dir: &Path) -> Result<Option<String>> {
     let path = dir.join(BACKEND_MARKER);
     match fs::read_to_string(&path) {
-        Ok(found) if found.trim() == backend => return Ok(()),
-        Ok(found) if have_records => {
+        Ok(found) => Ok(Some(found.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Makes sure the snapshots in `dir` were made by `backend`: the layouts differ, so switching
+/// (by configuration or by an overlay fallback) with snapshots present would hand out broken trees.
+/// Records `backend` in the marker when it is missing or names another backend and no snapshot
+/// exists; a marker that cannot be written then (a full disk) is written at a later start.
+fn check_marker(dir: &Path, backend: &str, have_records: bool) -> Result<()> {
+    let path = dir.join(BACKEND_MARKER);
+    match read_marker(dir)? {
+        Some(found) if found == backend => return Ok(()),
+        Some(found) if have_records => {
             return Err(Error::precondition(format!(
-                "snapshots in {} were made by the {} snapshotter but {backend} is in use: \
+                "snapshots in {} were made by the {found} snapshotter but {backend} is in use: \
                  switch back, or remove all images and containers first",
                 dir.display(),
-                found.trim()
             )));
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
+        _ => {}
     }
     let tmp = dir.join(format!(".{BACKEND_MARKER}.tmp"));
     let write = || -> io::Result<()> {
@@ -410,7 +450,14 @@ fn check_marker(dir: &Path, backend: &str, have_records: bool) -> Result<()> {
         fs::File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, &path)
     };
-    write().context(|| format!("writing {}", path.display()))
+    match write().context(|| format!("writing {}", path.display())) {
+        Err(e) if e.is_no_space() => {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!("recording the snapshotter in use: {e}; recording it at a later start");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// The snapshot ids under `<dir>/snapshots`.
@@ -891,6 +938,40 @@ mod tests {
         f.snaps.remove("l1").unwrap();
         f.reopen(SnapshotterKind::Native);
         assert_eq!(f.snaps.name(), "native");
+    }
+
+    // A killed berthd on a full disk could not start again: the overlay probe failed to write its
+    // test file, berth fell back to native and refused the overlay snapshots it had made.
+    #[test]
+    fn the_recorded_backend_is_used_without_probing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&tmp.path().join("meta.redb")).unwrap());
+        // Overlay options cannot express this path: a probe here always says no.
+        let dir = tmp.path().join("snap:shots");
+        let probed = Snapshots::open(&dir, SnapshotterKind::Overlayfs, db.clone()).unwrap();
+        assert_eq!(probed.name(), "native", "the probe runs at first start");
+        fs::write(dir.join(BACKEND_MARKER), "overlayfs\n").unwrap();
+        let snaps = Snapshots::open(&dir, SnapshotterKind::Overlayfs, db.clone()).unwrap();
+        assert_eq!(snaps.name(), "overlayfs", "the marker decides, no probe");
+        snaps.prepare("a", None, Labels::new()).unwrap();
+        let again = Snapshots::open(&dir, SnapshotterKind::Overlayfs, db).unwrap();
+        assert_eq!(again.name(), "overlayfs");
+        assert_eq!(fs::read_to_string(dir.join(BACKEND_MARKER)).unwrap(), "overlayfs\n");
+    }
+
+    #[test]
+    fn a_native_fallback_is_kept_while_its_snapshots_exist() {
+        let mut f = open(SnapshotterKind::Native);
+        f.layer("l1", None, &[("a", "1")], &[]);
+        // overlayfs works here, but the snapshots were made by native (a fallback at first start).
+        f.reopen(SnapshotterKind::Overlayfs);
+        assert_eq!(f.snaps.name(), "native");
+        assert_eq!(f.snaps.stat("l1").unwrap().kind, SnapshotKind::Committed);
+        f.snaps.remove("l1").unwrap();
+        // Nothing made by native is left: the configured overlayfs is probed and used again.
+        f.reopen(SnapshotterKind::Overlayfs);
+        assert_eq!(f.snaps.name(), "overlayfs");
+        assert_eq!(fs::read_to_string(f.dir.join(BACKEND_MARKER)).unwrap(), "overlayfs\n");
     }
 
     #[test]

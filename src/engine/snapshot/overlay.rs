@@ -116,19 +116,34 @@ impl Backend for OverlayBackend {
     }
 }
 
+/// What [`check_support`] found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// Overlay snapshots cannot live there; why, for the operator.
+    No(String),
+    /// The check could not run (its test files could not be written: a full disk, a quota): it says
+    /// nothing about overlay support.
+    Unknown(String),
+}
+
 /// Whether overlay snapshots can live in `dir`: the backing filesystem must report file types in
 /// directory entries (d_type; overlayfs misbehaves without it) and an overlay mount with two lower
-/// layers must work there. The error says why not, for the operator.
-pub fn check_support(dir: &Path) -> std::result::Result<(), String> {
+/// layers must work there. The reasons say why not, for the operator.
+pub fn check_support(dir: &Path) -> Support {
     let text = dir.to_string_lossy();
     if text.contains(',') || text.contains(':') {
-        return Err(format!("{text} contains ',' or ':', which overlay mount options cannot express"));
+        return Support::No(format!(
+            "{text} contains ',' or ':', which overlay mount options cannot express"
+        ));
     }
     let check = dir.join("overlay-check");
     let merged = check.join("merged");
     // A crash during an earlier check may have left the test mount behind.
     let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
-    remove_tree(&check).map_err(|e| e.to_string())?;
+    if let Err(e) = remove_tree(&check) {
+        return Support::Unknown(e.to_string());
+    }
     let result = try_overlay(&check);
     if let Err(e) = remove_tree(&check) {
         tracing::warn!("removing overlay check directory: {e}");
@@ -136,28 +151,33 @@ pub fn check_support(dir: &Path) -> std::result::Result<(), String> {
     result
 }
 
-fn try_overlay(check: &Path) -> std::result::Result<(), String> {
-    let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", check.display());
+fn try_overlay(check: &Path) -> Support {
+    // Failing to create the test files says nothing about overlayfs; everything after does.
+    let io = |what: &str, e: std::io::Error| {
+        let why = format!("{what} in {}: {e}", check.display());
+        if crate::error::is_no_space(&e) || e.raw_os_error() == Some(libc::EROFS) {
+            Support::Unknown(why)
+        } else {
+            Support::No(why)
+        }
+    };
     for d in ["lower1", "lower2", "upper", "work", "merged"] {
-        fs::create_dir_all(check.join(d)).map_err(|e| io("creating test directories", e))?;
+        if let Err(e) = fs::create_dir_all(check.join(d)) {
+            return io("creating test directories", e);
+        }
     }
-    fs::write(check.join("lower1/file"), b"x").map_err(|e| io("writing a test file", e))?;
-
-    let fd = rustix::fs::open(
-        check,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| io("opening", e.into()))?;
-    let mut entries = rustix::fs::Dir::new(fd).map_err(|e| io("listing", e.into()))?;
-    while let Some(entry) = entries.read() {
-        let entry = entry.map_err(|e| io("listing", e.into()))?;
-        if entry.file_name().to_bytes() == b"lower1" && entry.file_type() == rustix::fs::FileType::Unknown {
-            return Err(format!(
+    if let Err(e) = fs::write(check.join("lower1/file"), b"x") {
+        return io("writing a test file", e);
+    }
+    match has_d_type(check) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Support::No(format!(
                 "the filesystem of {} does not support d_type (for xfs, format it with ftype=1)",
                 check.display()
             ));
         }
+        Err(e) => return io("listing", e),
     }
 
     let p = |d: &str| check.join(d).display().to_string();
@@ -171,11 +191,32 @@ fn try_overlay(check: &Path) -> std::result::Result<(), String> {
     }
     let m = Mount { kind: "overlay".into(), source: "overlay".into(), options };
     let merged = check.join("merged");
-    super::mount_all(&[m], &merged).map_err(|e| format!("overlay mount does not work: {e}"))?;
-    let visible = merged.join("file").exists();
-    super::unmount(&merged).map_err(|e| e.to_string())?;
-    if !visible {
-        return Err("overlay mount does not show its lower layer".into());
+    if let Err(e) = super::mount_all(&[m], &merged) {
+        return Support::No(format!("overlay mount does not work: {e}"));
     }
-    Ok(())
+    let visible = merged.join("file").exists();
+    if let Err(e) = super::unmount(&merged) {
+        return Support::No(e.to_string());
+    }
+    if !visible {
+        return Support::No("overlay mount does not show its lower layer".into());
+    }
+    Support::Yes
+}
+
+/// Whether the directory entries of `check` carry their file type (`lower1` is a directory there).
+fn has_d_type(check: &Path) -> std::io::Result<bool> {
+    let fd = rustix::fs::open(
+        check,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut entries = rustix::fs::Dir::new(fd)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        if entry.file_name().to_bytes() == b"lower1" && entry.file_type() == rustix::fs::FileType::Unknown {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
