@@ -278,12 +278,12 @@ EOF
     # the bounding set is what the spec asked for.
     want=$(printf '1000\n3000\n3000 2000\nro\n2000\nCapEff: 0000000000000000\nCapBnd: 0000000000000400\nNoNewPrivs: 1\nSeccomp: 2')
     [ "$out" = "$want" ] || fail "restricted pod sees: $(echo "$out" | tr '\n' '|')" || return 1
-    check "privileged pod can add a link" k exec privileged -- ip link add dummy7 type dummy || return 1
-    check "an unprivileged pod cannot" sh -c "! kubectl -n $NS exec restricted -- ip link add dummy7 type dummy" || return 1
+    check "privileged pod can add a link" k exec privileged -- ip link add scen7 type bridge || return 1
+    check "an unprivileged pod cannot" sh -c "! kubectl -n $NS exec restricted -- ip link add scen7 type bridge" || return 1
     # Limits land in the container's cgroup, and an in-place resize changes them without a restart.
     check "the memory limit in the container's cgroup" sh -c \
         "kubectl -n $NS exec restricted -- sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max' | grep -qx 67108864" || return 1
-    k patch pod restricted --subresource resize --type merge \
+    k patch pod restricted --subresource resize \
         -p '{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"100m","memory":"32Mi"},"limits":{"cpu":"300m","memory":"96Mi"}}}]}}' >/dev/null ||
         fail "resize refused" || return 1
     eventually 120 "the resize lands in the cgroup" sh -c \
