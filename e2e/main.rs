@@ -1,6 +1,6 @@
 //! End-to-end tests: a real berthd binary, real registries (Debian's docker-registry) and test images
 //! the suite builds itself from busybox-static. One scenario per file; the harness is in `harness/`.
-//! They need root and the tools `.ci/run` installs; each test starts its own berthd, and registries
+//! They need root and the tools `./test.sh` installs; each test starts its own berthd, and registries
 //! are shared per process only where tests just read from them. Pod scenarios (`pod_*`, `container_*`,
 //! `kubelet_habits`) run real pods with Debian's runc and CNI plugins on a bridge and /24 subnet of
 //! their own (`harness::net`), send kubelet-shaped configs (`harness::pod`), and compare a leak

@@ -27,7 +27,7 @@ pub use images::{Hostile, images};
 pub use leaks::Leaks;
 pub use registry::Registry;
 
-/// Debian packages the suite needs; `.ci/run` installs the same list.
+/// Debian packages the suite needs; `./test.sh` installs the same list.
 pub const PACKAGES: &str = "docker-registry skopeo busybox-static umoci openssl apache2-utils curl runc crun \
      containerd containernetworking-plugins iptables protobuf-compiler util-linux iproute2 bsdutils";
 
@@ -54,7 +54,7 @@ pub fn require_prerequisites() {
             Ok(())
         } else {
             Err(format!(
-                "e2e prerequisites missing: {}; on Debian 12 run `.ci/run` or `apt-get install {PACKAGES}`",
+                "e2e prerequisites missing: {}; on Debian 12 run `./test.sh` or `apt-get install {PACKAGES}`",
                 missing.join(", ")
             ))
         }
