@@ -1,12 +1,56 @@
 //! Hostile layers (a `..` name, a symlink to `/` or up out of the root followed by a file through it,
-//! hard links to host files): the pull fails with an error, nothing appears or changes on the host,
-//! and nothing from the layer remains under berth's directories.
+//! hard links to host files, a sparse file far bigger than its layer): the pull fails with an error,
+//! nothing appears or changes on the host, berth's disk use stays small while it tries, and nothing
+//! from the layer remains under berth's directories.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::harness::fs::find_named;
+use crate::harness::fs::{disk_usage, find_named};
 use crate::harness::{Berthd, Hostile, Registry, images};
+
+/// The most disk berth may use under its directories while refusing a hostile layer: the database and
+/// directories, far below what the sparse layer describes.
+const DISK_BOUND: u64 = 256 << 20;
+
+/// Samples the disk use under a directory (as `du` counts it) until dropped, keeping the highest.
+struct PeakUsage {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl PeakUsage {
+    fn start(dir: PathBuf) -> PeakUsage {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                // One more sample after the stop, so the state at the end is always seen.
+                let stopping = flag.load(Ordering::SeqCst);
+                peak = peak.max(disk_usage(&dir).0);
+                if stopping {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        PeakUsage { stop, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().expect("running").join().expect("disk sampler panicked")
+    }
+}
+
+impl Drop for PeakUsage {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Removes the hard-link victim file when the test ends, however it ends.
 struct Victim;
@@ -36,8 +80,16 @@ async fn pull_fails_without_escaping(h: Hostile) {
     let berthd = Berthd::started(&[reg]);
     let mut cri = berthd.cri().await;
     let reference = image.reference(&reg.host());
-    let err = cri.pull(&reference).await.expect_err("pull of a hostile image succeeded");
+    let peak = PeakUsage::start(berthd.dir().to_path_buf());
+    let pulled = cri.pull(&reference).await;
+    let peak = peak.finish();
+    let err = pulled.expect_err("pull of a hostile image succeeded");
     eprintln!("{h:?}: pull failed as it must: {err:?}");
+    assert!(peak < DISK_BOUND, "{h:?}: berth used {peak} bytes of disk while pulling");
+    if h == Hostile::Sparse {
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("decompression bomb"), "{err:?}");
+    }
 
     for p in h.host_paths() {
         assert!(std::fs::symlink_metadata(&p).is_err(), "{h:?} escaped: {} exists", p.display());
@@ -87,4 +139,10 @@ async fn write_through_relative_symlink_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hard_link_out_of_the_root_is_refused() {
     pull_fails_without_escaping(Hostile::Hardlink).await;
+}
+
+// Issue 8 item 13.
+#[tokio::test(flavor = "multi_thread")]
+async fn sparse_bomb_is_refused_without_filling_the_disk() {
+    pull_fails_without_escaping(Hostile::Sparse).await;
 }

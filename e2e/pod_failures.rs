@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use berth::config::RuntimeHandler;
 use k8s_cri::v1::{ContainerState, RunPodSandboxRequest};
 use tonic::Code;
 
@@ -108,9 +107,7 @@ async fn failing_cni_ipam_leaves_nothing_and_the_name_is_free_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_runtime_leaves_nothing() {
-    use std::os::unix::fs::PermissionsExt;
     let mut berthd = Berthd::with_network();
-    let script = berthd.dir().join("broken-runtime.sh");
     // Every runtime command but `create` (and `run`, create and start at once) goes to runc, so
     // cleanup (delete, state) works as usual.
     // `create` fails the way runc does: an error record in the `--log` file (JSON) and exit 1.
@@ -126,12 +123,7 @@ for a in "$@"; do
 done
 exec runc "$@"
 "#;
-    std::fs::write(&script, fake).expect("writing the runtime script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    berthd.config.runtimes.handlers.insert(
-        "broken".into(),
-        RuntimeHandler { binary: script, root: Default::default(), options: Vec::new() },
-    );
+    berthd.add_runtime_script("broken", fake);
     berthd.start();
     let before = Leaks::of(&berthd);
     let mut cri = berthd.cri().await;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod cri;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod mem;
 pub mod metrics;
 pub mod mountinfo;

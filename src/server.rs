@@ -75,11 +75,9 @@ pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    // Create the socket without group/other access from the first instant, then widen to 0660.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    // berthd's umask (fsutil::DAEMON_UMASK) creates it without group/other access; widened to 0660
+    // for `uid:gid` below.
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
@@ -102,10 +100,11 @@ impl Daemon {
     /// Builds the components. The caller holds the root lock.
     pub async fn build(config: Config) -> Result<Daemon> {
         let config = Arc::new(config);
+        // 0711 as containerd's: the CRI socket may live in the state dir, and nothing inside is
+        // reachable because every entry is private.
         for dir in [&config.root, &config.state] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .with_context(|| format!("chmod {}", dir.display()))?;
+            crate::fsutil::restrict_dir(dir, 0o711)?;
         }
         let engine = Engine::open(EngineOptions::from_config(&config)).context("opening the engine")?;
         // Whatever a crash left behind (expired leases, orphaned snapshots and blobs) goes now,
@@ -136,6 +135,7 @@ impl Daemon {
             network,
             launcher: Arc::new(ProcessShimLauncher),
             env,
+            apparmor: Arc::new(cri::spec::apparmor::HostAppArmor::detect(config.cri.disable_apparmor)),
             shim_binary: sibling_binary("berth-shim"),
             metrics: metrics.clone(),
         })?;

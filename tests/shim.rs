@@ -784,3 +784,60 @@ async fn attach_to_a_tty_resizes_it() {
     assert_eq!(seen.exit, Some(137));
     pod.client.delete("term").await.unwrap();
 }
+
+/// `berth-shim cleanup` after the shim was SIGKILLed: the containers it ran (still running,
+/// reparented to init) are killed through the runtime, their cgroups and runtime state go, and
+/// their records say stopped, 137, reclaimed; one that had exited keeps its own exit code. While
+/// a shim serves the pod, cleanup refuses; a second cleanup changes nothing.
+#[tokio::test]
+async fn cleanup_ends_what_a_dead_shim_ran() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let mut pod = Pod::launch(RUNC).await;
+    let mut opts = LaunchOptions::new(env!("CARGO_BIN_EXE_berth-shim"), "pod1", pod.dir(), RUNC);
+    opts.runtime_root = Some(pod.runtime_root.clone());
+    let err = task::cleanup(&opts).await.expect_err("cleanup while the shim serves the pod");
+    assert!(err.to_string().contains("still serves"), "{err}");
+
+    running_box(&mut pod).await;
+    pod.create("done", &["true"], |_| {}).await;
+    pod.client.start("done").await.unwrap();
+    wait_until("`done` to exit", || {
+        std::fs::read_to_string(pod.dir().join("containers/done/status.json"))
+            .is_ok_and(|s| s.contains("\"stopped\""))
+    })
+    .await;
+    let pid = pod.client.state("box").await.unwrap().pid as i32;
+    let shim_pid = pod.shim_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::SIGKILL).unwrap();
+    wait_until("the shim to die", || gone(shim_pid)).await;
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the container died with its shim");
+    assert_eq!(cgroup_procs(&pod, "box"), 1);
+
+    task::cleanup(&opts).await.expect("cleanup after the shim died");
+    let records = task::recorded_states(&pod.dir()).unwrap();
+    let by_id = |id: &str| records.iter().find(|r| r.id == id).unwrap().clone();
+    let b = by_id("box");
+    assert_eq!((b.status, b.exit_code, b.reclaimed), (ContainerStatus::Stopped, 137, true));
+    assert!(b.exited_at.is_some());
+    let d = by_id("done");
+    assert_eq!((d.status, d.exit_code, d.reclaimed), (ContainerStatus::Stopped, 0, false));
+    wait_until("the container's process to go", || gone(pid)).await;
+    let cgroup = PathBuf::from("/sys/fs/cgroup/pids").join(cgroup_name(&pod, "box").trim_start_matches('/'));
+    assert!(!cgroup.exists(), "{} is left behind", cgroup.display());
+    for id in ["box", "done"] {
+        let state =
+            Command::new(RUNC).arg("--root").arg(&pod.runtime_root).args(["state", id]).output().unwrap();
+        assert!(!state.status.success(), "runc still knows {id}");
+    }
+
+    task::cleanup(&opts).await.expect("a second cleanup");
+    assert_eq!(task::recorded_states(&pod.dir()).unwrap(), records);
+}
+
+/// Whether process `pid` is gone or a zombie.
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
+}

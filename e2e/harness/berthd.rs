@@ -138,6 +138,19 @@ impl Berthd {
         }
     }
 
+    /// Adds the runtime handler `name` whose binary is the shell script `script` (written to this
+    /// berthd's dir, executable), usually a wrapper that ends in `exec runc "$@"`. Takes effect at
+    /// the next start.
+    pub fn add_runtime_script(&mut self, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(format!("runtime-{name}.sh"));
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        let handler = berth::config::RuntimeHandler { binary: path, ..Default::default() };
+        self.config.runtimes.handlers.insert(name.to_string(), handler);
+    }
+
     /// A berthd that trusts `registries` (see [`Berthd::trust`]), started.
     pub fn started(registries: &[&Registry]) -> Berthd {
         let mut b = Berthd::new();

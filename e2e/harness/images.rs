@@ -200,14 +200,21 @@ pub enum Hostile {
     /// [`Hostile::HARDLINK_VICTIM`], then a regular file of the second name (an unpacker that opens the
     /// existing name instead of replacing it would write through the link into the host file).
     Hardlink,
+    /// A GNU sparse file `berth-e2e-sparse-bomb` of [`Hostile::SPARSE_BYTES`], all hole but its last
+    /// bytes, in a layer of a few hundred bytes: an unpacker writing the hole as zeros fills the disk.
+    Sparse,
 }
 
 /// `../` repeated enough times to reach `/` from any unpack directory berth could use.
 const UP: &str = "../../../../../../../../../../../../../../../../";
 
 impl Hostile {
-    pub const ALL: [Hostile; 4] =
-        [Hostile::DotDot, Hostile::AbsSymlink, Hostile::RelSymlink, Hostile::Hardlink];
+    pub const ALL: [Hostile; 5] =
+        [Hostile::DotDot, Hostile::AbsSymlink, Hostile::RelSymlink, Hostile::Hardlink, Hostile::Sparse];
+
+    /// The logical size of the [`Hostile::Sparse`] file: far over what berth lets a layer this small
+    /// unpack to (1 GiB, the expansion guard's floor).
+    pub const SPARSE_BYTES: u64 = 8 << 30;
 
     /// A file the Hardlink test creates on the host before pulling; it must keep its content and a
     /// link count of 1.
@@ -220,6 +227,7 @@ impl Hostile {
             Hostile::AbsSymlink => "e2e/hostile-abs-symlink",
             Hostile::RelSymlink => "e2e/hostile-rel-symlink",
             Hostile::Hardlink => "e2e/hostile-hardlink",
+            Hostile::Sparse => "e2e/hostile-sparse",
         }
     }
 
@@ -230,14 +238,15 @@ impl Hostile {
             Hostile::AbsSymlink => "berth-e2e-escape-abs-symlink",
             Hostile::RelSymlink => "berth-e2e-escape-rel-symlink",
             Hostile::Hardlink => "berth-e2e-hardlink-victim",
+            Hostile::Sparse => "berth-e2e-sparse-bomb",
         }
     }
 
     /// Host paths a successful escape would create (the Hardlink kind attacks existing files instead:
-    /// `/etc/passwd` and [`Hostile::HARDLINK_VICTIM`]).
+    /// `/etc/passwd` and [`Hostile::HARDLINK_VICTIM`]; the Sparse kind attacks the disk).
     pub fn host_paths(self) -> Vec<PathBuf> {
         match self {
-            Hostile::Hardlink => Vec::new(),
+            Hostile::Hardlink | Hostile::Sparse => Vec::new(),
             _ => vec![Path::new("/tmp").join(self.marker())],
         }
     }
@@ -263,6 +272,7 @@ impl Hostile {
                 w.hardlink(self.marker(), &format!("{UP}{}", &Self::HARDLINK_VICTIM[1..]))?;
                 w.file(self.marker(), 0o644, content)
             }
+            Hostile::Sparse => w.sparse(self.marker(), 0o644, Self::SPARSE_BYTES, b"berth-e2e: sparse end\n"),
         }
     }
 
@@ -283,6 +293,7 @@ impl Hostile {
                 (self.marker().into(), Some(format!("{UP}{}", &Self::HARDLINK_VICTIM[1..]))),
                 (self.marker().into(), None),
             ],
+            Hostile::Sparse => vec![(self.marker().into(), None)],
         }
     }
 }
@@ -1118,6 +1129,19 @@ mod tests {
         }
         let dotdot = Hostile::DotDot.expected_entries();
         assert!(dotdot.iter().all(|(name, _)| name.starts_with("../")), "{dotdot:?}");
+
+        // The sparse bomb: a tiny layer whose one file is huge.
+        let layer = &images.hostile(Hostile::Sparse).host_manifest().layers[0];
+        assert!(layer.size < 4096, "sparse layer of {} bytes", layer.size);
+        let tar = super::super::layer::decompress(
+            &layer.media_type,
+            File::open(blobs.path(&layer.digest)).unwrap(),
+        )
+        .unwrap();
+        let mut archive = tar::Archive::new(tar);
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.header().entry_type(), tar::EntryType::GNUSparse);
+        assert_eq!(entry.size(), Hostile::SPARSE_BYTES);
     }
 
     #[test]

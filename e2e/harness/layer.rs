@@ -1,6 +1,6 @@
 //! Writes image layers as tar streams header by header, so a test image can hold exactly what a test
 //! needs: whiteouts, hard links, xattrs, set-uid files, and the hostile entries (`..` names, links out of
-//! the root) that the tar crate's safe API refuses to write. It also streams the tar through hashing and
+//! the root, sparse files bigger than any disk) that the tar crate's safe API refuses to write. It also streams the tar through hashing and
 //! compression into an OCI layout's blob directory, giving the diff ID and the blob digest in one pass.
 //! It must never normalise or check a name: producing malformed layers on purpose is its job.
 
@@ -124,6 +124,28 @@ impl<W: Write> TarWriter<W> {
     /// A hard link `name` to the archive entry `target`.
     pub fn hardlink(&mut self, name: &str, target: &str) -> io::Result<()> {
         self.entry(&Entry::new(name.as_bytes(), Kind::Hardlink(target.as_bytes()), 0o644), &[])
+    }
+
+    /// A GNU sparse file (type `S`) of `real_size` bytes, all of it a hole but `tail`, which ends the
+    /// file: a few hundred bytes of tar for a file of any size.
+    pub fn sparse(&mut self, name: &str, mode: u32, real_size: u64, tail: &[u8]) -> io::Result<()> {
+        let offset =
+            real_size.checked_sub(tail.len() as u64).ok_or_else(|| io::Error::other("tail too long"))?;
+        let mut h = tar::Header::new_gnu();
+        set_bytes(&mut h.as_old_mut().name, name.as_bytes())?;
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        h.set_size(tail.len() as u64);
+        let gnu = h.as_gnu_mut().expect("a gnu header");
+        gnu.sparse[0].set_offset(offset);
+        gnu.sparse[0].set_length(tail.len() as u64);
+        gnu.set_real_size(real_size);
+        h.set_cksum();
+        self.out.write_all(h.as_bytes())?;
+        self.write_padded(&mut &tail[..], tail.len() as u64)
     }
 
     /// An AUFS-style whiteout deleting `path` from the layers below (`dir/.wh.name`).

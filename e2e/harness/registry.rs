@@ -4,8 +4,9 @@
 //! HTTP, so the auth flavour is plain HTTP. A registry lives as long as its [`Registry`] value, and no
 //! longer than the test process: it runs under a small shell supervisor that stops it and deletes its
 //! directory as soon as our end of a pipe closes, which also covers the process-wide [`Registry::shared`]
-//! (statics are never dropped) and a test process killed outright. This module must never point a
-//! test at a registry outside 127.0.0.1.
+//! (statics are never dropped) and a test process killed outright. A [`RecordingProxy`] in front of a
+//! registry records which Authorization headers reached it. This module must never point a test at a
+//! registry outside 127.0.0.1.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -70,8 +71,12 @@ impl Registry {
 
     /// A plain HTTP registry requiring basic auth (user `berth`, password `e2e-secret`).
     pub fn with_auth() -> Registry {
-        let creds = Creds { username: "berth".into(), password: "e2e-secret".into() };
-        Self::start(Some(creds), false)
+        Self::with_credentials("berth", "e2e-secret")
+    }
+
+    /// A plain HTTP registry requiring basic auth with these credentials.
+    pub fn with_credentials(username: &str, password: &str) -> Registry {
+        Self::start(Some(Creds { username: username.into(), password: password.into() }), false)
     }
 
     /// An HTTPS registry whose certificate (for 127.0.0.1 and localhost) is signed by a fresh test CA,
@@ -294,6 +299,117 @@ impl Registry {
     }
 }
 
+/// One request a [`RecordingProxy`] forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `GET /v2/... HTTP/1.1`.
+    pub request_line: String,
+    /// The `Authorization` header, if the request had one.
+    pub authorization: Option<String>,
+}
+
+/// A plain HTTP proxy on 127.0.0.1 in front of a registry, recording the request line and the
+/// `Authorization` header of every request before forwarding it: it shows what a client sent to a
+/// host, which the registry's own log does not. One request per connection (it asks the registry to
+/// close after each answer), so no request passes unseen on a kept-alive connection. Stops when
+/// dropped.
+pub struct RecordingProxy {
+    port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingProxy {
+    /// A proxy forwarding to `target` (a registry of this harness).
+    pub fn start(target: &Registry) -> RecordingProxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding the recording proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let upstream = target.port;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let seen = seen2.clone();
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, upstream, &seen);
+                });
+            }
+        });
+        RecordingProxy { port, seen, stop, thread: Some(thread) }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request forwarded so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request head from `client`, records it, forwards it to the registry on `upstream` with
+/// `Connection: close`, then copies bytes both ways until the registry closes.
+fn proxy_one(mut client: TcpStream, upstream: u16, seen: &Mutex<Vec<Recorded>>) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+        if head.len() > 64 * 1024 {
+            return Err(std::io::Error::other("request head too long"));
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let request_line = lines.next().unwrap_or("").to_string();
+    let mut authorization = None;
+    let mut forwarded = format!("{request_line}\r\n");
+    for line in lines {
+        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        if name == "authorization" {
+            authorization = Some(line.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default());
+        }
+        if name != "connection" {
+            forwarded += &format!("{line}\r\n");
+        }
+    }
+    forwarded += "Connection: close\r\n\r\n";
+    seen.lock().unwrap().push(Recorded { request_line, authorization });
+
+    let mut server = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream))?;
+    server.write_all(forwarded.as_bytes())?;
+    // A request body (none in a pull, but a token POST could have one) follows the head.
+    let (mut from_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+    });
+    std::io::copy(&mut server, &mut client)?;
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         // Closing the pipe makes the supervisor stop docker-registry and delete the directory.
@@ -397,6 +513,34 @@ mod tests {
             .output()
             .unwrap();
         assert!(!anonymous.status.success(), "anonymous inspect succeeded on the auth registry");
+    }
+
+    #[test]
+    fn recording_proxy_forwards_and_records_authorization() {
+        let reg = Registry::with_auth();
+        let proxy = RecordingProxy::start(&reg);
+        let get = |auth: Option<&str>| -> u16 {
+            let mut tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port)).unwrap();
+            let mut req =
+                format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: keep-alive\r\n", proxy.port);
+            if let Some(a) = auth {
+                req += &format!("Authorization: {a}\r\n");
+            }
+            tcp.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+            let mut response = String::new();
+            tcp.read_to_string(&mut response).unwrap();
+            response.split(' ').nth(1).unwrap().parse().unwrap()
+        };
+        let c = reg.creds().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+        let good = format!("Basic {b64}");
+        assert_eq!(get(None), 401);
+        assert_eq!(get(Some(&good)), 200);
+        let seen = proxy.requests();
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|r| r.request_line == "GET /v2/ HTTP/1.1"), "{seen:?}");
+        assert_eq!(seen[0].authorization, None);
+        assert_eq!(seen[1].authorization, Some(good));
     }
 
     #[test]

@@ -135,6 +135,8 @@ impl Berth for AdminService {
                 password: c.password,
                 identity_token: c.identity_token,
                 registry_token: c.registry_token,
+                // berthctl's --user is for the image's own registry.
+                server_address: String::new(),
             };
             let empty = c.username.is_empty() && c.identity_token.is_empty() && c.registry_token.is_empty();
             (!empty).then_some(c)

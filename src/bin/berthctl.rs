@@ -175,6 +175,17 @@ fn print_images(cli: &Cli, images: Vec<proto::Image>) {
     table(&["REF", "TYPE", "DIGEST", "SIZE", "LABELS"], rows);
 }
 
+/// The progress bar of a layer in `status` (the engine's word: downloading, exists, unpacked,
+/// already unpacked…). Only a download has a rate: a layer found in place jumps to full at once,
+/// and a rate over no time would claim hundreds of GiB/s.
+fn layer_template(status: &str) -> &'static str {
+    if status == "downloading" {
+        "{prefix:.bold} {msg:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"
+    } else {
+        "{prefix:.bold} {msg:>16} [{bar:30}] {total_bytes}"
+    }
+}
+
 async fn pull(
     cli: &Cli,
     client: &mut BerthClient<Channel>,
@@ -200,25 +211,29 @@ async fn pull(
     };
     let mut stream = client.pull_image(req).await?.into_inner();
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:.bold} {msg:>11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-    )
-    .expect("valid template")
-    .progress_chars("=> ");
-    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let style = |template: &str| {
+        ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+    };
+    // Per layer: its bar and the template it shows.
+    let mut bars: BTreeMap<String, (ProgressBar, &str)> = BTreeMap::new();
     while let Some(p) = stream.message().await? {
         for l in &p.layers {
-            let bar = bars.entry(l.digest.clone()).or_insert_with(|| {
+            let template = layer_template(&l.status);
+            let (bar, shown) = bars.entry(l.digest.clone()).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(l.total.max(0) as u64));
-                b.set_style(style.clone());
+                b.set_style(style(template));
                 b.set_prefix(l.digest.trim_start_matches("sha256:").chars().take(12).collect::<String>());
-                b
+                (b, template)
             });
+            if *shown != template {
+                bar.set_style(style(template));
+                *shown = template;
+            }
             bar.set_position(l.offset.max(0) as u64);
             bar.set_message(l.status.clone());
         }
         if p.done {
-            for b in bars.values() {
+            for (b, _) in bars.values() {
                 b.finish();
             }
             if cli.output == Output::Json {
@@ -394,6 +409,21 @@ fn main() -> ExitCode {
                 None => eprintln!("berthctl: {e:#}"),
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_downloads_show_a_rate() {
+        assert!(layer_template("downloading").contains("{bytes_per_sec}"));
+        for status in ["waiting", "exists", "downloaded", "unpacking", "unpacked", "already unpacked"] {
+            assert!(!layer_template(status).contains("per_sec"), "{status}");
+            // The engine's word is what the bar says.
+            assert!(layer_template(status).contains("{msg"), "{status}");
         }
     }
 }

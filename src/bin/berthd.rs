@@ -109,6 +109,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (the umask is per process): everything berthd creates is private
+    // unless the code that creates it says otherwise.
+    berth::fsutil::set_umask(berth::fsutil::DAEMON_UMASK);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod glob;
+
 /// The commented default configuration, printed by `berthd config default`. A unit test keeps it
 /// identical to [`Config::default`] and makes sure every key is in it.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -102,6 +104,7 @@ pub struct Cri {
     pub unpack_max_expansion: u64,
     pub max_container_log_line_size: usize,
     pub cgroup_driver: CgroupDriver,
+    pub disable_apparmor: bool,
     pub stream_server_address: String,
     pub stream_server_port: u16,
     #[serde(with = "duration")]
@@ -140,6 +143,11 @@ pub struct RuntimeHandler {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub options: Vec<String>,
+    /// Pod annotations (glob patterns, see [`glob`]) copied into the OCI specs of the pod's pause and
+    /// containers. Annotations can configure an OCI runtime, so none pass unless named here.
+    pub pod_annotations: Vec<String>,
+    /// Container annotations (glob patterns) copied into the container's OCI spec.
+    pub container_annotations: Vec<String>,
 }
 
 impl Default for Config {
@@ -186,6 +194,7 @@ impl Default for Cri {
             unpack_max_expansion: 100,
             max_container_log_line_size: 16 * 1024,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            disable_apparmor: false,
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: 0,
             stream_token_ttl: Duration::from_secs(60),
@@ -222,7 +231,13 @@ impl Default for Runtimes {
 
 impl Default for RuntimeHandler {
     fn default() -> Self {
-        RuntimeHandler { binary: "runc".into(), root: PathBuf::new(), options: Vec::new() }
+        RuntimeHandler {
+            binary: "runc".into(),
+            root: PathBuf::new(),
+            options: Vec::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
+        }
     }
 }
 
@@ -339,6 +354,18 @@ impl Config {
             if h.binary.as_os_str().is_empty() {
                 return bad(&format!("runtimes.handlers.{name}.binary"), "must not be empty".into());
             }
+            for (key, patterns) in
+                [("pod_annotations", &h.pod_annotations), ("container_annotations", &h.container_annotations)]
+            {
+                for p in patterns {
+                    if let Err(glob::BadPattern(why)) = glob::validate(p) {
+                        return bad(
+                            &format!("runtimes.handlers.{name}.{key}"),
+                            format!("pattern {p:?} {why}"),
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -441,6 +468,10 @@ mod tests {
         assert!(err.contains("runtimes.default"), "{err}");
         let err = Config::parse("version = 2\n").unwrap_err().to_string();
         assert!(err.contains("`version`"), "{err}");
+        let err = Config::parse("[runtimes.handlers.runc]\npod_annotations = [\"io.kata.[\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runtimes.handlers.runc.pod_annotations") && err.contains("io.kata.["), "{err}");
         let err = Config::parse("[metrics]\naddress = \"nowhere\"\n").unwrap_err().to_string();
         assert!(err.contains("metrics.address"), "{err}");
         let long = format!("[grpc]\naddress = \"/tmp/{}\"\n", "s".repeat(110));

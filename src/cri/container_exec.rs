@@ -98,7 +98,7 @@ impl Pods {
             }
             spec["linux"]["resources"] = merged;
             if let Ok(b) = serde_json::to_vec_pretty(&spec) {
-                super::files::write_atomic(&path, &b)?;
+                crate::fsutil::write_atomic(&path, &b, 0o600)?;
             }
         }
         self.store.update_container(&id, |r| {

@@ -36,10 +36,21 @@ impl Pods {
                 },
             )?;
         let shim = self.shim(&sandbox.id).await?;
-        if let Some(log) = &rec.log_path
-            && let Some(dir) = log.parent()
-        {
-            let _ = std::fs::create_dir_all(dir);
+        // As containerd: the target of a TARGET pid namespace is checked again, since it may have
+        // exited (and its pid been reused) since the spec named it.
+        if let Err(e) = self.target_pid(&rec.config, &sandbox.id) {
+            self.start_failed(&id, &e)?;
+            return Err(e.context(format!("starting container {id}")));
+        }
+        // The log's directory is made inside the pod's log directory only (the kubelet has usually
+        // made it already); the shim opens the file itself without following a symlink.
+        if rec.log_path.is_some() {
+            let rel = std::path::Path::new(&rec.config.log_path).parent().unwrap_or(std::path::Path::new(""));
+            let dir = std::path::Path::new(&sandbox.config.log_directory);
+            if let Err(e) = super::files::create_dirs_beneath(dir, rel) {
+                self.start_failed(&id, &e)?;
+                return Err(e.context(format!("starting container {id}")));
+            }
         }
         let opts = CreateOptions {
             id: id.clone(),
@@ -82,17 +93,24 @@ impl Pods {
             }
             Err(e) => {
                 let _ = shim.delete(&id).await;
-                let now = now_nanos();
-                self.store.update_container(&id, |r| {
-                    r.state = ContainerState::Exited;
-                    r.started_at = now;
-                    r.finished_at = now;
-                    r.exit_code = START_ERROR_EXIT_CODE;
-                    r.reason = "StartError".into();
-                    r.message = e.to_string();
-                })?;
+                self.start_failed(&id, &e)?;
                 Err(e.context(format!("starting container {id}")))
             }
         }
+    }
+
+    /// Records a container that could not start as exited with reason "StartError" and the error as
+    /// its message, as containerd reports it.
+    fn start_failed(&self, id: &str, e: &Error) -> Result<()> {
+        let now = now_nanos();
+        self.store.update_container(id, |r| {
+            r.state = ContainerState::Exited;
+            r.started_at = now;
+            r.finished_at = now;
+            r.exit_code = START_ERROR_EXIT_CODE;
+            r.reason = "StartError".into();
+            r.message = e.to_string();
+        })?;
+        Ok(())
     }
 }

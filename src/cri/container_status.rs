@@ -151,3 +151,32 @@ impl Pods {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cri::pods::fixture::test_pods;
+
+    /// The status and list calls answer from the stored requests: every annotation comes back as
+    /// sent, whatever the runtime handler lets into the OCI specs (issue 8 item 6).
+    #[tokio::test]
+    async fn annotations_come_back_exactly_as_sent() {
+        let t = test_pods(false, None).await;
+        let sent: HashMap<String, String> = [
+            ("io.kubernetes.container.hash", "abc"),
+            ("run.oci.keep_original_groups", "1"),
+            ("io.kubernetes.cri.container-type", "spoofed"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        t.pods.store.update_sandbox("sb1", |r| r.config.annotations = sent.clone()).unwrap();
+        t.pods.store.update_container("c1", |r| r.config.annotations = sent.clone()).unwrap();
+        let req = api::PodSandboxStatusRequest { pod_sandbox_id: "sb1".into(), verbose: false };
+        assert_eq!(t.pods.pod_sandbox_status(req).unwrap().status.unwrap().annotations, sent);
+        let req = api::ContainerStatusRequest { container_id: "c1".into(), verbose: false };
+        assert_eq!(t.pods.container_status(req).unwrap().status.unwrap().annotations, sent);
+        let listed = t.pods.list_containers(None).unwrap();
+        assert_eq!(listed.iter().find(|c| c.id == "c1").unwrap().annotations, sent);
+    }
+}

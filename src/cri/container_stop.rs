@@ -1,5 +1,7 @@
 //! StopContainer and RemoveContainer, idempotent: an unknown id is success. Stop sends the image's
-//! STOPSIGNAL (else SIGTERM), waits up to the timeout, then SIGKILLs every process of the container.
+//! STOPSIGNAL (else SIGTERM), waits up to the timeout, then SIGKILLs every process of the container;
+//! the wait does not hold the container's lock, so a later Stop with a shorter timeout, a Remove or
+//! StopPodSandbox kills at once.
 //! Remove kills a running container first, then deletes it from the shim, unmounts and removes its
 //! rootfs snapshot and bundle, and releases its name.
 
@@ -7,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::pods::{Pods, blocking};
-use super::store::{ContainerState, container_name};
+use super::store::{ContainerRecord, ContainerState, container_name};
 use crate::error::{Error, ErrorKind, Result};
+use crate::task::ShimApi;
 
 /// How long a SIGKILLed container may take to be reaped before Stop fails.
 const KILL_WAIT: Duration = Duration::from_secs(60);
@@ -27,37 +30,62 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 }
 
 impl Pods {
+    /// Stops a container. The grace period is waited without the container's lock, so that a later
+    /// StopContainer with a shorter timeout (the kubelet's forced delete sends 0), StopPodSandbox or
+    /// RemoveContainer kills at once; every waiting Stop returns once the container is dead.
     pub async fn stop_container(self: &Arc<Self>, id: &str, timeout: i64) -> Result<()> {
         let Some(id) = self.store.resolve_container(id)? else { return Ok(()) };
+        if timeout > 0 {
+            let Some((shim, sandbox)) = self.send_stop_signal(&id).await? else { return Ok(()) };
+            match tokio::time::timeout(Duration::from_secs(timeout as u64), shim.wait(&id)).await {
+                Ok(Ok(ev)) => {
+                    self.on_exit(&sandbox, &ev);
+                    return Ok(());
+                }
+                // Removed (by a RemoveContainer that killed it) while we waited.
+                Ok(Err(e)) if e.is_not_found() => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => tracing::info!(container = id, timeout, "stop timeout passed: killing"),
+            }
+        }
         let lock = self.store.lock(&id);
         let _guard = lock.lock().await;
-        self.stop_container_locked(&id, timeout).await
+        self.kill_container_locked(&id).await
     }
 
-    /// Stops a container; the caller holds its lock.
-    pub async fn stop_container_locked(self: &Arc<Self>, id: &str, timeout: i64) -> Result<()> {
-        let Some(rec) = self.store.container(id) else { return Ok(()) };
+    /// Sends a running container its stop signal (the image's STOPSIGNAL, else SIGTERM) under its
+    /// lock; returns its shim and sandbox, or `None` when it is not running.
+    async fn send_stop_signal(self: &Arc<Self>, id: &str) -> Result<Option<(Arc<dyn ShimApi>, String)>> {
+        let lock = self.store.lock(id);
+        let _guard = lock.lock().await;
+        let Some(rec) = self.store.container(id) else { return Ok(None) };
+        let Some(shim) = self.running_shim(&rec).await? else { return Ok(None) };
+        let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
+        shim.kill(id, signal, false).await?;
+        Ok(Some((shim, rec.sandbox_id)))
+    }
+
+    /// The shim of a running container; `None` when it is not running (any more).
+    async fn running_shim(self: &Arc<Self>, rec: &ContainerRecord) -> Result<Option<Arc<dyn ShimApi>>> {
         if rec.state != ContainerState::Running {
-            return Ok(());
+            return Ok(None);
         }
-        let shim = match self.shim(&rec.sandbox_id).await {
-            Ok(s) => s,
+        match self.shim(&rec.sandbox_id).await {
+            Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == ErrorKind::Unavailable || e.is_not_found() => {
                 // No shim: the container cannot be running any more.
-                self.shim_gone(&rec.sandbox_id);
-                return Ok(());
+                self.shim_gone(&rec.sandbox_id).await;
+                Ok(None)
             }
-            Err(e) => return Err(e),
-        };
-        if timeout > 0 {
-            let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
-            shim.kill(id, signal, false).await?;
-            if let Ok(ev) = tokio::time::timeout(Duration::from_secs(timeout as u64), shim.wait(id)).await {
-                self.on_exit(&rec.sandbox_id, &ev?);
-                return Ok(());
-            }
-            tracing::info!(container = id, timeout, "stop timeout passed: killing");
+            Err(e) => Err(e),
         }
+    }
+
+    /// SIGKILLs every process of a running container and waits for its exit; the caller holds its
+    /// lock.
+    pub async fn kill_container_locked(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(rec) = self.store.container(id) else { return Ok(()) };
+        let Some(shim) = self.running_shim(&rec).await? else { return Ok(()) };
         shim.kill(id, libc::SIGKILL, true).await?;
         let ev = tokio::time::timeout(KILL_WAIT, shim.wait(id)).await.map_err(|_| {
             Error::new(ErrorKind::DeadlineExceeded, format!("container {id} did not exit after SIGKILL"))
@@ -77,7 +105,7 @@ impl Pods {
     pub async fn remove_container_locked(self: &Arc<Self>, id: &str) -> Result<()> {
         let Some(rec) = self.store.container(id) else { return Ok(()) };
         if rec.state == ContainerState::Running {
-            self.stop_container_locked(id, 0).await?;
+            self.kill_container_locked(id).await?;
         }
         if let Ok(shim) = self.shim(&rec.sandbox_id).await {
             shim.delete(id).await?;
@@ -121,6 +149,37 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 8 item 12: a Stop waiting out a long grace period does not hold up a later Stop with
+    /// timeout 0 (the kubelet's forced delete): that one kills at once, and both return once the
+    /// container is dead.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_later_stop_without_grace_kills_at_once() {
+        // Hang guards only: nothing here waits for time to pass.
+        const GUARD: Duration = Duration::from_secs(120);
+        let t = crate::cri::pods::fixture::test_pods(false, None).await;
+        t.shim.ignore_signal(libc::SIGTERM);
+        let pods = t.pods.clone();
+        let patient = tokio::spawn(async move { pods.stop_container("c1", 600).await });
+        tokio::time::timeout(GUARD, async {
+            while !t.shim.calls().iter().any(|c| c == "kill c1 15") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("hang guard: the first Stop never sent SIGTERM");
+        tokio::time::timeout(GUARD, t.pods.stop_container("c1", 0))
+            .await
+            .expect("hang guard: StopContainer(0) waited for the first Stop's grace period")
+            .unwrap();
+        let rec = t.pods.store.container("c1").unwrap();
+        assert_eq!((rec.state, rec.exit_code), (ContainerState::Exited, 137));
+        tokio::time::timeout(GUARD, patient)
+            .await
+            .expect("hang guard: the first Stop did not return with the exit")
+            .unwrap()
+            .unwrap();
+    }
 
     #[test]
     fn stop_signals_parse_like_docker() {

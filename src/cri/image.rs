@@ -57,6 +57,8 @@ pub fn image_user(user: &str) -> (Option<i64>, String) {
     }
 }
 
+/// The pull's credentials, for `server_address` when the kubelet names it, else for the image's
+/// registry: the engine sends them to that host only.
 fn credentials(auth: Option<api::AuthConfig>) -> Result<Option<Credentials>> {
     let Some(a) = auth else { return Ok(None) };
     let (mut username, mut password) = (a.username, a.password);
@@ -84,6 +86,7 @@ fn credentials(auth: Option<api::AuthConfig>) -> Result<Option<Credentials>> {
         password,
         identity_token: a.identity_token,
         registry_token: a.registry_token,
+        server_address: a.server_address,
     }))
 }
 
@@ -367,7 +370,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("user", "pa:ss"));
+        assert_eq!(c.server_address, "");
         assert!(credentials(Some(api::AuthConfig { auth: "!!".into(), ..Default::default() })).is_err());
+        let c = credentials(Some(api::AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            server_address: "https://index.docker.io/v1/".into(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.server_address, "https://index.docker.io/v1/");
     }
 
     #[test]

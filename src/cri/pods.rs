@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use super::api;
 use super::image::ImageService;
 use super::spec::RuntimeEnv;
+use super::spec::apparmor::AppArmor;
 use super::store::{ContainerState, SandboxRecord, SandboxState, Store};
 use crate::config::{Config, RuntimeHandler};
 use crate::engine::Engine;
@@ -84,6 +85,8 @@ pub struct Deps {
     pub network: Arc<dyn Network>,
     pub launcher: Arc<dyn ShimLauncher>,
     pub env: RuntimeEnv,
+    /// The host's AppArmor (berth's default profile is loaded through it).
+    pub apparmor: Arc<dyn AppArmor>,
     pub shim_binary: PathBuf,
     pub metrics: Arc<Metrics>,
 }
@@ -95,6 +98,7 @@ pub struct Pods {
     pub network: Arc<dyn Network>,
     pub launcher: Arc<dyn ShimLauncher>,
     pub env: RuntimeEnv,
+    pub apparmor: Arc<dyn AppArmor>,
     pub shim_binary: PathBuf,
     pub paths: Paths,
     pub store: Store,
@@ -150,6 +154,7 @@ impl Pods {
             network: deps.network,
             launcher: deps.launcher,
             env: deps.env,
+            apparmor: deps.apparmor,
             shim_binary: deps.shim_binary,
             paths,
             store,
@@ -296,7 +301,7 @@ impl Pods {
             if shim.ping().await.is_err() {
                 tracing::warn!(sandbox, "the pod's shim is gone");
                 self.forget_shim(&sandbox);
-                self.shim_gone(&sandbox);
+                self.shim_gone(&sandbox).await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -395,18 +400,32 @@ impl Pods {
         }
     }
 
-    /// The shim died (or vanished with a reboot): running containers are recorded as exited with
-    /// what the shim last wrote on disk, else as Unknown-fated exits.
-    pub fn shim_gone(&self, sandbox: &str) {
+    /// The pod's shim died (or vanished with a reboot). What it ran would keep running, reparented
+    /// to init, while berth reports it gone and the kubelet starts it again elsewhere: so first
+    /// `berth-shim cleanup` ends it (through the OCI runtime, which also removes its cgroups), as
+    /// containerd's shim `delete` does; then running containers are recorded as exited with what
+    /// is recorded on disk, else as Unknown-fated exits. Idempotent, and safe to repeat from Stop
+    /// and Remove when an earlier cleanup failed.
+    pub async fn shim_gone(self: &Arc<Self>, sandbox: &str) {
+        if let Some(rec) = self.store.sandbox(sandbox) {
+            match self.handler(&rec.runtime_handler) {
+                Ok((name, handler)) => {
+                    let opts = self.launch_options(sandbox, &name, &handler);
+                    if let Err(e) = self.launcher.cleanup(&opts).await {
+                        tracing::warn!(sandbox, error = %e, "ending what the pod's dead shim ran");
+                    }
+                }
+                Err(e) => tracing::warn!(sandbox, error = %e, "ending what the pod's dead shim ran"),
+            }
+        }
         let recorded = crate::task::recorded_states(&self.paths.shim_dir(sandbox)).unwrap_or_default();
         for c in self.store.containers_of(sandbox) {
             if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
                 continue;
             }
-            let ev = match recorded
-                .iter()
-                .find(|r| r.id == c.id && r.status == crate::task::ContainerStatus::Stopped)
-            {
+            let stopped =
+                recorded.iter().find(|r| r.id == c.id && r.status == crate::task::ContainerStatus::Stopped);
+            let ev = match stopped {
                 Some(r) => ExitEvent {
                     id: c.id.clone(),
                     pid: r.pid,
@@ -417,16 +436,27 @@ impl Pods {
                 None => ExitEvent {
                     id: c.id.clone(),
                     pid: c.pid,
-                    exit_code: 255,
+                    exit_code: crate::shim::reclaim::UNKNOWN,
                     exited_at: None,
                     oom_killed: false,
                 },
             };
             self.on_exit(sandbox, &ev);
-            if ev.exit_code == 255 && ev.exited_at.is_none() {
+            let message = match stopped {
+                Some(r) if r.reclaimed && r.exit_code == crate::shim::reclaim::KILLED => Some((
+                    "Error",
+                    "the pod's shim died while the container was running: berth killed the container",
+                )),
+                Some(r) if !r.reclaimed => None,
+                _ => Some((
+                    "Unknown",
+                    "the pod's shim died while the container was running: its exit status is lost",
+                )),
+            };
+            if let Some((reason, message)) = message {
                 let _ = self.store.update_container(&c.id, |r| {
-                    r.reason = "Unknown".into();
-                    r.message = "the container's shim exited while the container was running".into();
+                    r.reason = reason.into();
+                    r.message = message.into();
                 });
             }
         }
@@ -573,6 +603,7 @@ pub(crate) mod fixture {
             images,
             network: Arc::new(FakeNetwork::new()),
             launcher: launcher.clone(),
+            apparmor: Arc::new(crate::cri::spec::apparmor::FakeAppArmor::disabled()),
             shim_binary: PathBuf::from("/nonexistent/berth-shim"),
             metrics,
         })

@@ -36,7 +36,7 @@ impl Pods {
                 Ok(shim) => self.adopt_shim(&s.id, shim),
                 Err(e) => {
                     tracing::info!(sandbox = %s.id, error = %e, "the pod's shim is gone");
-                    self.shim_gone(&s.id);
+                    self.shim_gone(&s.id).await;
                 }
             }
         }

@@ -28,6 +28,16 @@ pub fn validate(config: &api::PodSandboxConfig) -> Result<api::PodSandboxMetadat
             return Err(Error::invalid(format!("sandbox config: metadata.{field} must not be empty")));
         }
     }
+    // Container logs are written beneath it, by root: it must say plainly where.
+    let logs = std::path::Path::new(&config.log_directory);
+    if !config.log_directory.is_empty()
+        && (!logs.is_absolute() || logs.components().any(|c| c == std::path::Component::ParentDir))
+    {
+        return Err(Error::invalid(format!(
+            "sandbox config: log_directory {:?} must be an absolute path without \"..\"",
+            config.log_directory
+        )));
+    }
     Ok(m)
 }
 
@@ -253,6 +263,7 @@ impl Pods {
                 resolv_conf_path: dir.join("resolv.conf"),
                 shm_path: shm,
                 cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+                passthrough: spec::Passthrough::of(handler),
             };
             let spec = spec::sandbox_spec(config, &ctx, &image.config, &rootfs, &self.env)?;
             self.write_spec(id, &spec)?;
@@ -312,6 +323,35 @@ impl Pods {
     pub fn write_spec(&self, id: &str, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let json = serde_json::to_vec_pretty(spec)
             .map_err(|e| Error::internal(format!("encoding spec of {id}: {e}")))?;
-        super::files::write_atomic(&self.paths.bundle(id).join("config.json"), &json)
+        // It holds the container's environment: Kubernetes secrets.
+        crate::fsutil::write_atomic(&self.paths.bundle(id).join("config.json"), &json, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8 item 10: the pod log directory is absolute and says where it is without "..".
+    #[test]
+    fn log_directory_must_be_absolute_without_dot_dot() {
+        let config = |dir: &str| api::PodSandboxConfig {
+            metadata: Some(api::PodSandboxMetadata {
+                name: "p".into(),
+                uid: "u".into(),
+                namespace: "n".into(),
+                attempt: 0,
+            }),
+            log_directory: dir.into(),
+            ..Default::default()
+        };
+        for ok in ["", "/var/log/pods/n_p_u", "/tmp/./logs"] {
+            validate(&config(ok)).unwrap();
+        }
+        for bad in ["logs", "/var/log/pods/../../etc", "./x"] {
+            let e = validate(&config(bad)).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
+            assert!(e.to_string().contains("log_directory"), "{e}");
+        }
     }
 }

@@ -25,7 +25,7 @@ impl Pods {
         for c in self.store.containers_of(id) {
             let lock = self.store.lock(&c.id);
             let _g = lock.lock().await;
-            self.stop_container_locked(&c.id, 0).await?;
+            self.kill_container_locked(&c.id).await?;
         }
         self.stop_pause(id).await?;
         self.release_network(id, false).await?;
@@ -54,7 +54,15 @@ impl Pods {
         if rec.pid == 0 && rec.state == SandboxState::NotReady {
             return Ok(());
         }
-        let Ok(shim) = self.shim(id).await else { return Ok(()) };
+        let shim = match self.shim(id).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == crate::ErrorKind::Unavailable || e.is_not_found() => {
+                // Its shim died: end what it ran (the pause among it), if an earlier attempt failed.
+                self.shim_gone(id).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         match shim.state(id).await {
             Ok(s) if s.status == crate::task::ContainerStatus::Running => {
                 shim.kill(id, libc::SIGKILL, true).await?;

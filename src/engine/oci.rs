@@ -274,6 +274,11 @@ pub fn probe_media_type(bytes: &[u8]) -> serde_json::Result<String> {
     })
 }
 
+/// Parses an image config (also the entry point for fuzzing it).
+pub fn parse_config(bytes: &[u8]) -> Result<ImageConfig> {
+    serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("invalid image config: {e}")))
+}
+
 /// Parses a manifest or index by its media type, refusing Docker schema 1 with a clear error.
 pub enum Parsed {
     Index(Index),

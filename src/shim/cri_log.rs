@@ -20,7 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 /// Which output a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub struct LogFile {
 
 impl LogFile {
     /// Opens (creating, mode 0640) the log for appending. The parent directory must exist: the
-    /// kubelet creates it.
+    /// kubelet creates it. The path must name a regular file, not a symlink (see [`open_append`]).
     pub fn open(path: Option<&Path>) -> Result<LogFile> {
         let file = path.map(open_append).transpose()?;
         Ok(LogFile { path: path.map(Path::to_path_buf), file, record: Vec::new(), write_failed: false })
@@ -165,13 +165,23 @@ impl RecordSink for LogFile {
     }
 }
 
+/// Opens the log for appending without following a symlink in its place (root would append a
+/// container's output to whatever it points at) and refuses anything but a regular file: a FIFO
+/// would block the shim (hence O_NONBLOCK, which means nothing for a regular file), a device would
+/// take the output.
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    let what = || format!("opening container log {}", path.display());
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .context(|| format!("opening container log {}", path.display()))
+        .context(what)?;
+    if !file.metadata().context(what)?.is_file() {
+        return Err(Error::invalid(format!("{}: not a regular file", what())));
+    }
+    Ok(file)
 }
 
 /// Appends `at` in Go's `time.RFC3339Nano` layout in UTC, as the kubelet parses it:
@@ -396,6 +406,39 @@ mod tests {
         assert!(log.reopen().is_err());
         log.record(Stream::Stdout, false, b"kept");
         assert!(read(&moved.join("0.log")).ends_with(" stdout F kept\n"));
+    }
+
+    /// Issue 8 item 10: neither the first open nor a reopen follows a symlink in the log's place,
+    /// and only a regular file takes the output.
+    #[test]
+    fn logs_never_follow_a_symlink_or_open_a_non_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shadow");
+        std::fs::write(&target, "secret\n").unwrap();
+        let path = dir.path().join("0.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(LogFile::open(Some(&path)).is_err());
+
+        std::fs::remove_file(&path).unwrap();
+        let mut log = LogFile::open(Some(&path)).unwrap();
+        log.record(Stream::Stdout, false, b"first");
+        // Rotated away, and a symlink put where the kubelet's new file would be.
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(log.reopen().is_err());
+        log.record(Stream::Stdout, false, b"second");
+        assert_eq!(read(&target), "secret\n");
+        assert!(read(&dir.path().join("0.log.1")).ends_with(" stdout F second\n"));
+
+        // A FIFO is refused at once rather than blocking on a reader that never comes.
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(LogFile::open(Some(&fifo)).map(|_| ())));
+        // A hang guard only: the open returns at once.
+        let opened = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("opening a FIFO hung");
+        assert!(opened.is_err());
+        assert!(LogFile::open(Some(dir.path())).is_err(), "a directory");
     }
 
     #[test]

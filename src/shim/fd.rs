@@ -1,7 +1,7 @@
 //! Raw descriptor plumbing, the only `unsafe` of the shim: taking ownership of the pty master the
-//! OCI runtime sends over `--console-socket` (SCM_RIGHTS), setting that pty's window size, and
-//! closing the descriptors a serving shim inherited from whoever launched it. This module must
-//! never do anything else with them.
+//! OCI runtime sends over `--console-socket` (SCM_RIGHTS, and only from the runtime's user),
+//! setting that pty's window size, and closing the descriptors a serving shim inherited from whoever
+//! launched it. This module must never do anything else with them.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSliceMut};
@@ -9,7 +9,22 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::Interest;
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
+
+/// Accepts connections on a console socket until one from a peer whose uid (SO_PEERCRED) is in
+/// `allowed` (root, or the uid the runtime runs as) hands over a descriptor, and returns it. Anyone
+/// else who can reach the socket is dropped unread: they must neither plant a terminal of their own
+/// as the container's console nor end the wait for the real one.
+pub async fn receive_pty(listener: &UnixListener, allowed: &[u32]) -> io::Result<OwnedFd> {
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let peer = conn.peer_cred()?;
+        if allowed.contains(&peer.uid()) {
+            return receive_fd(&conn).await;
+        }
+        tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "refused a console socket connection: not the runtime");
+    }
+}
 
 /// Waits for one message carrying a file descriptor on `stream` and returns the descriptor
 /// (close-on-exec). Extra descriptors in the message are closed.
@@ -111,6 +126,57 @@ mod tests {
         assert_eq!(window_size(&pty.slave).unwrap(), (132, 43));
         let (r, _w) = std::io::pipe().unwrap();
         assert!(set_window_size(&r, 80, 24).is_err(), "a pipe is not a terminal");
+    }
+
+    /// Sends the write end of a new pipe over a new connection to `socket`; returns the read end.
+    fn hand_over_a_pipe(socket: &std::path::Path) -> std::io::PipeReader {
+        let conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let fds = [writer.as_fd().as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(b"/dev/pts/9")], &cmsg, MsgFlags::empty(), None)
+            .unwrap();
+        reader
+    }
+
+    /// Issue 8 item 11: a pty master is taken only from root or the runtime's uid. A process of
+    /// another user that reaches the console socket first (the test opens the socket's modes, as a
+    /// careless umask would) is refused, and the runtime's descriptor still arrives.
+    #[tokio::test]
+    async fn only_the_runtimes_user_hands_over_a_pty() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root to connect as another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("console.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let receiving = tokio::spawn(async move { receive_pty(&listener, &[0]).await });
+
+        let path = socket.clone();
+        let intruder = std::thread::spawn(move || {
+            let nobody: u32 = 65534;
+            // SAFETY: the raw syscall changes the credentials of this thread only (glibc's wrapper
+            // would change every thread of the test process), and the thread ends right after;
+            // setresuid reads no memory of ours.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, u32::MAX, nobody, u32::MAX) };
+            assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+            hand_over_a_pipe(&path)
+        });
+        let mut intruders = intruder.join().unwrap();
+        let mut runtimes = hand_over_a_pipe(&socket);
+        let fd = receiving.await.unwrap().unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(b"runtime").unwrap();
+        drop(file);
+        let mut got = String::new();
+        intruders.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "", "the intruder's descriptor was taken");
+        runtimes.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "runtime", "the runtime's descriptor was not taken");
     }
 
     #[tokio::test]

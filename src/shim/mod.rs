@@ -17,6 +17,7 @@ pub mod cri_log;
 pub mod fd;
 pub mod frame;
 pub mod reaper;
+pub mod reclaim;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -26,6 +27,7 @@ pub mod stream;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -85,6 +87,8 @@ pub enum ShimCommand {
     Start,
     /// Serve in this process.
     Serve,
+    /// End what a dead shim of the pod ran ([`reclaim`]).
+    Cleanup,
 }
 
 impl ShimConfig {
@@ -96,8 +100,11 @@ impl ShimConfig {
         let command = match args.next().as_deref().and_then(|a| a.to_str()) {
             Some("start") => ShimCommand::Start,
             Some("serve") => ShimCommand::Serve,
+            Some("cleanup") => ShimCommand::Cleanup,
             other => {
-                return Err(Error::invalid(format!("expected the command start or serve, got {other:?}")));
+                return Err(Error::invalid(format!(
+                    "expected the command start, serve or cleanup, got {other:?}"
+                )));
             }
         };
         let (mut id, mut dir, mut runtime, mut root, mut line_max) = (None, None, None, None, None);
@@ -192,12 +199,10 @@ pub fn prepare_socket(socket: &Path) -> Result<()> {
     if let Some(parent) = socket.parent()
         && parent == Path::new(SHORT_SOCKET_DIR)
     {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .context(|| format!("creating {}", parent.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        crate::fsutil::create_dir_all_with_mode(parent, 0o700)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .context(|| format!("setting the mode of {}", parent.display()))?;
     }
     match std::fs::remove_file(socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -216,10 +221,11 @@ pub fn start(config: &ShimConfig) -> Result<PathBuf> {
     if ping_blocking(&socket).is_ok() {
         return Ok(socket);
     }
-    std::fs::create_dir_all(&config.dir).context(|| format!("creating {}", config.dir.display()))?;
+    crate::fsutil::create_dir_all_with_mode(&config.dir, 0o700)?;
     let log_path = config.dir.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
+        .mode(0o600)
         .append(true)
         .open(&log_path)
         .context(|| format!("opening {}", log_path.display()))?;
@@ -306,22 +312,31 @@ async fn serve_async(config: ShimConfig) -> Result<()> {
     // Before any child exists, so that no SIGCHLD is missed.
     let sigchld = signal(SignalKind::child()).context(|| "handling SIGCHLD".to_string())?;
     let dir = config.dir.clone();
-    std::fs::create_dir_all(dir.join("containers")).context(|| format!("creating {}", dir.display()))?;
+    crate::fsutil::create_dir_all_with_mode(&dir.join("containers"), 0o700)?;
     let lock_path = dir.join(LOCK_FILE);
-    let lock_file =
-        std::fs::File::create(&lock_path).context(|| format!("opening {}", lock_path.display()))?;
+    let lock_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .context(|| format!("opening {}", lock_path.display()))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| Error::precondition(format!("another shim already serves {}", dir.display())))?;
 
     // Holding the lock, any socket left here is stale.
     let socket = config.socket();
     prepare_socket(&socket)?;
-    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = tokio::net::UnixListener::bind(&socket);
-    nix::sys::stat::umask(old_umask);
-    let listener = listener.context(|| format!("binding {}", socket.display()))?;
+    // Its directory is root-only, so the moment between bind and chmod exposes nothing.
+    let listener =
+        tokio::net::UnixListener::bind(&socket).context(|| format!("binding {}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .context(|| format!("setting the mode of {}", socket.display()))?;
+    }
     let pid_path = dir.join(PID_FILE);
-    status::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes())?;
+    crate::fsutil::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes(), 0o600)?;
 
     let shim = server::Shim::new(config);
     tokio::spawn(shim.clone().reap_loop(sigchld));

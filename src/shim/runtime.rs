@@ -7,7 +7,7 @@
 //! which owns `waitpid`.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,16 @@ impl RuntimeDriver {
         RuntimeDriver { binary, root, args, reaper, seq: AtomicU64::new(0) }
     }
 
+    /// The runtime a shim configuration names, with its root and global options.
+    pub fn for_config(config: &super::ShimConfig, reaper: Arc<Mutex<Reaper>>) -> Self {
+        RuntimeDriver::new(
+            config.runtime.clone(),
+            config.runtime_root.clone(),
+            config.runtime_args.iter().map(Into::into).collect(),
+            reaper,
+        )
+    }
+
     /// Runs `<binary> [--root R] --log F --log-format json <args> <command...>` and waits for it.
     /// `work_dir` (the container's directory) holds the invocation's log and stderr files, removed
     /// afterwards. `what` says what was being done, for the error message.
@@ -95,7 +105,13 @@ impl RuntimeDriver {
         match stdio.stderr {
             Some(stderr) => cmd.stderr(stderr),
             None => cmd.stderr(
-                File::create(&err_path).context(|| format!("{what}: creating {}", err_path.display()))?,
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&err_path)
+                    .context(|| format!("{what}: creating {}", err_path.display()))?,
             ),
         };
 

@@ -108,6 +108,7 @@ impl Container {
             started_at: nanos(self.started_at),
             exited_at: nanos(exit.map(|e| e.at)),
             oom_killed: exit.is_some_and(|e| e.oom_killed),
+            reclaimed: false,
         }
     }
 
@@ -235,10 +236,9 @@ impl ConsoleSocket {
         super::prepare_socket(&path).context(|| what.to_string())?;
         let listener = UnixListener::bind(&path).context(|| format!("{what}: binding {}", path.display()))?;
         let file = RemoveOnDrop(vec![path.clone()]);
-        let receiving = tokio::spawn(async move {
-            let (conn, _) = listener.accept().await?;
-            fd::receive_fd(&conn).await
-        });
+        // The runtime is our child: it runs as we do (or as root).
+        let allowed = [0, nix::unistd::geteuid().as_raw()];
+        let receiving = tokio::spawn(async move { fd::receive_pty(&listener, &allowed).await });
         Ok(ConsoleSocket { path, receiving, _file: file })
     }
 
@@ -299,12 +299,7 @@ impl Shim {
     /// A shim with no containers, driving the runtime named in `config`.
     pub fn new(config: ShimConfig) -> Arc<Shim> {
         let reaper = Arc::new(Mutex::new(Reaper::default()));
-        let runtime = RuntimeDriver::new(
-            config.runtime.clone(),
-            config.runtime_root.clone(),
-            config.runtime_args.iter().map(Into::into).collect(),
-            reaper.clone(),
-        );
+        let runtime = RuntimeDriver::for_config(&config, reaper.clone());
         Arc::new(Shim {
             config,
             runtime,
@@ -542,7 +537,7 @@ impl Shim {
             spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()),
             &id,
         );
-        std::fs::create_dir_all(dir).context(|| format!("{what}: creating {}", dir.display()))?;
+        crate::fsutil::create_dir_all_with_mode(dir, 0o700).map_err(|e| e.context(&what))?;
         let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
         let log = Arc::new(Mutex::new(LogFile::open(log_path.as_deref()).map_err(|e| e.context(&what))?));
         let pid_file = dir.join("init.pid");
@@ -856,8 +851,8 @@ impl Shim {
         let process = dir.join(format!("exec-{seq}.json"));
         let pid = dir.join(format!("exec-{seq}.pid"));
         let _cleanup = RemoveOnDrop(vec![process.clone(), pid.clone()]);
-        std::fs::write(&process, process_json)
-            .context(|| format!("{what}: writing {}", process.display()))?;
+        // The process holds its environment: secrets.
+        crate::fsutil::write_private(&process, process_json).map_err(|e| e.context(what))?;
         Ok(ExecFiles { process, pid, _cleanup })
     }
 
@@ -1049,8 +1044,7 @@ impl Shim {
         // A file, not stdin: a pipe could fill before the runtime reads it.
         let file = dir.join(format!("update-{seq}.json"));
         let _file = RemoveOnDrop(vec![file.clone()]);
-        std::fs::write(&file, &req.resources_json)
-            .context(|| format!("{what}: writing {}", file.display()))?;
+        crate::fsutil::write_private(&file, &req.resources_json).map_err(|e| e.context(&what))?;
         self.runtime
             .run(
                 &dir,

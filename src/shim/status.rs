@@ -4,14 +4,14 @@
 //!
 //! Format, version 1 (a JSON object):
 //! `{"version":1,"id":"<id>","status":"created"|"running"|"stopped","pid":<u32>,"exit_code":<i32>,
-//!   "created_at":<ns>,"started_at":<ns>,"exited_at":<ns>,"oom_killed":<bool>}`
+//!   "created_at":<ns>,"started_at":<ns>,"exited_at":<ns>,"oom_killed":<bool>,"reclaimed":<bool>}`
 //! Times are Unix nanoseconds, 0 when not (yet) known; `exit_code` is 128 + signal for a signal.
+//! `reclaimed` (absent means false) marks a container whose shim died while it ran and that
+//! `berth-shim cleanup` ended (exit code 137) or found already gone (255).
 //! A reader must reject a version newer than it knows. Fields are only ever added.
 //!
 //! This module must never interpret the records beyond parsing them.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -50,13 +50,15 @@ pub struct StatusRecord {
     pub exited_at: i64,
     #[serde(default)]
     pub oom_killed: bool,
+    #[serde(default)]
+    pub reclaimed: bool,
 }
 
 /// Atomically replaces `<container dir>/status.json`.
 pub fn write(container_dir: &Path, record: &StatusRecord) -> Result<()> {
     let json =
         serde_json::to_vec(record).context(|| format!("encoding the status of container {}", record.id))?;
-    write_atomic(&container_dir.join(STATUS_FILE), &json)
+    crate::fsutil::write_atomic(&container_dir.join(STATUS_FILE), &json, 0o600)
 }
 
 /// Reads `<container dir>/status.json`.
@@ -99,28 +101,6 @@ pub fn read_all(pod_dir: &Path) -> Result<Vec<StatusRecord>> {
     Ok(records)
 }
 
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new content,
-/// never a mix: write a temp file, fsync it, rename it over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = Path::new(&tmp);
-    let result = (|| {
-        let mut file = File::create(tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    result.context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +116,7 @@ mod tests {
             started_at: 2,
             exited_at: 3,
             oom_killed: true,
+            reclaimed: false,
         }
     }
 

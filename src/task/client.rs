@@ -20,6 +20,20 @@ use crate::shim::{self, ShimConfig};
 /// Runs `berth-shim start` for the pod (idempotent: an existing shim is reused), waits for it to
 /// exit within `opts.start_timeout`, and connects.
 pub async fn launch(opts: &LaunchOptions) -> Result<ShimClient> {
+    let what = format!("launching the shim of pod {}", opts.id);
+    run_shim_command(opts, "start", opts.start_timeout, &what).await?;
+    let client = ShimClient::connect(&opts.dir).await.map_err(|e| e.context(&what))?;
+    Ok(client.with_timeout(opts.call_timeout))
+}
+
+/// Runs `berth-shim cleanup` for the pod: what its dead shim ran is ended and recorded.
+pub async fn cleanup(opts: &LaunchOptions) -> Result<()> {
+    let what = format!("cleaning up after the dead shim of pod {}", opts.id);
+    run_shim_command(opts, "cleanup", super::CLEANUP_TIMEOUT, &what).await
+}
+
+/// Runs `berth-shim <command>` with the pod's options and waits for it within `timeout`.
+async fn run_shim_command(opts: &LaunchOptions, command: &str, timeout: Duration, what: &str) -> Result<()> {
     let config = ShimConfig {
         id: opts.id.clone(),
         dir: opts.dir.clone(),
@@ -29,30 +43,25 @@ pub async fn launch(opts: &LaunchOptions) -> Result<ShimClient> {
         log_line_max: opts.log_line_max,
         cgroup_root: PathBuf::from(shim::cgroup::CGROUP_ROOT),
     };
-    let what = || format!("launching the shim of pod {}", opts.id);
     let mut cmd = tokio::process::Command::new(&opts.shim_binary);
-    cmd.arg("start").args(config.to_args()).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let output = tokio::time::timeout(opts.start_timeout, cmd.output())
+    cmd.arg(command).args(config.to_args()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| {
-            Error::new(
-                ErrorKind::DeadlineExceeded,
-                format!("{}: no answer within {:?}", what(), opts.start_timeout),
-            )
+            Error::new(ErrorKind::DeadlineExceeded, format!("{what}: no answer within {timeout:?}"))
         })?
         .map_err(|e| {
             Error::with_source(
                 ErrorKind::FailedPrecondition,
-                format!("{}: running {}", what(), opts.shim_binary.display()),
+                format!("{what}: running {}", opts.shim_binary.display()),
                 e,
             )
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::unavailable(format!("{}: {} ({})", what(), stderr.trim(), output.status)));
+        return Err(Error::unavailable(format!("{what}: {} ({})", stderr.trim(), output.status)));
     }
-    let client = ShimClient::connect(&opts.dir).await.map_err(|e| e.context(what()))?;
-    Ok(client.with_timeout(opts.call_timeout))
+    Ok(())
 }
 
 /// A connection-per-call client of one pod's shim.

@@ -39,9 +39,11 @@ struct FakeState {
     exec_result: ExecSyncResult,
     failures: HashMap<String, Error>,
     shut_down: bool,
+    ignored_signals: Vec<i32>,
 }
 
-/// A pod shim in memory. Every signal but 0 is fatal to a fake container (exit 128 + signal).
+/// A pod shim in memory. Every signal but 0 is fatal to a fake container (exit 128 + signal),
+/// unless [`FakeShim::ignore_signal`] says otherwise.
 pub struct FakeShim {
     /// Shared with the tasks playing streamed processes.
     state: Arc<Mutex<FakeState>>,
@@ -83,6 +85,14 @@ impl FakeShim {
     /// Makes the next call named `call` ("create", "start", "kill", ...) fail with `error`.
     pub fn fail_next(&self, call: &str, error: Error) {
         lock(&self.state).failures.insert(call.to_string(), error);
+    }
+
+    /// Makes the containers ignore `signal` from now on, as a process whose handler does nothing
+    /// (SIGKILL cannot be ignored).
+    pub fn ignore_signal(&self, signal: i32) {
+        if signal != libc::SIGKILL {
+            lock(&self.state).ignored_signals.push(signal);
+        }
     }
 
     /// Whether a Shutdown succeeded.
@@ -237,6 +247,7 @@ impl ShimApi for FakeShim {
                     started_at: None,
                     exited_at: None,
                     oom_killed: false,
+                    reclaimed: false,
                 },
                 exited: watch::channel(None).0,
             };
@@ -268,8 +279,11 @@ impl ShimApi for FakeShim {
             if !(1..=64).contains(&signal) {
                 return Err(Error::invalid(format!("invalid signal {signal} for container {id}")));
             }
+            let ignored = state.ignored_signals.contains(&signal);
             let c = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
-            self.stop(c, 128 + signal);
+            if !ignored {
+                self.stop(c, 128 + signal);
+            }
             Ok(())
         })
     }
@@ -405,6 +419,7 @@ impl ShimApi for FakeShim {
 pub struct FakeShimLauncher {
     shims: Mutex<HashMap<PathBuf, Arc<FakeShim>>>,
     launches: Mutex<Vec<LaunchOptions>>,
+    cleanups: Mutex<Vec<PathBuf>>,
 }
 
 impl FakeShimLauncher {
@@ -421,6 +436,11 @@ impl FakeShimLauncher {
     /// Every launch request so far.
     pub fn launches(&self) -> Vec<LaunchOptions> {
         lock(&self.launches).clone()
+    }
+
+    /// The pod directories `cleanup` was asked for so far.
+    pub fn cleanups(&self) -> Vec<PathBuf> {
+        lock(&self.cleanups).clone()
     }
 }
 
@@ -443,6 +463,13 @@ impl ShimLauncher for FakeShimLauncher {
                 Some(shim) if !shim.is_shut_down() => Ok(shim.clone() as Arc<dyn ShimApi>),
                 _ => Err(Error::unavailable(format!("no shim serves {}", dir.display()))),
             }
+        })
+    }
+
+    fn cleanup<'a>(&'a self, opts: &'a LaunchOptions) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            lock(&self.cleanups).push(opts.dir.clone());
+            Ok(())
         })
     }
 }

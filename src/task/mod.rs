@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 
-pub use client::{ShimClient, launch};
+pub use client::{ShimClient, cleanup, launch};
 pub use fake::{FakeShim, FakeShimLauncher};
 pub use stream::{ProcessStream, StreamOutput, StreamReceiver, StreamSender};
 
@@ -29,6 +29,8 @@ use crate::shim::{self, proto};
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// The default time `berth-shim start` may take.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `berth-shim cleanup` may take: a forced delete per container of the pod.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How to launch a pod's shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +113,8 @@ pub struct ContainerState {
     pub started_at: Option<SystemTime>,
     pub exited_at: Option<SystemTime>,
     pub oom_killed: bool,
+    /// Its shim died while it ran; `berth-shim cleanup` ended it (exit code 137) or found it gone (255).
+    pub reclaimed: bool,
 }
 
 /// A container's exit, from Wait or the event stream.
@@ -236,6 +240,9 @@ pub trait ShimLauncher: Send + Sync {
     fn launch<'a>(&'a self, opts: &'a LaunchOptions) -> BoxFuture<'a, Result<Arc<dyn ShimApi>>>;
     /// Connects to the shim already serving `dir` (after a berthd restart); Unavailable if none.
     fn connect<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<Arc<dyn ShimApi>>>;
+    /// Ends what the pod's dead shim ran (`berth-shim cleanup`, idempotent) and records their exits
+    /// in the pod directory; FailedPrecondition if a shim still serves the pod.
+    fn cleanup<'a>(&'a self, opts: &'a LaunchOptions) -> BoxFuture<'a, Result<()>>;
 }
 
 /// Launches real `berth-shim` processes.
@@ -248,6 +255,9 @@ impl ShimLauncher for ProcessShimLauncher {
     }
     fn connect<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<Arc<dyn ShimApi>>> {
         Box::pin(async move { Ok(Arc::new(ShimClient::connect(dir).await?) as Arc<dyn ShimApi>) })
+    }
+    fn cleanup<'a>(&'a self, opts: &'a LaunchOptions) -> BoxFuture<'a, Result<()>> {
+        Box::pin(cleanup(opts))
     }
 }
 
@@ -270,6 +280,7 @@ pub fn recorded_states(dir: &Path) -> Result<Vec<ContainerState>> {
             started_at: time(r.started_at),
             exited_at: time(r.exited_at),
             oom_killed: r.oom_killed,
+            reclaimed: r.reclaimed,
         })
         .collect())
 }
@@ -295,6 +306,7 @@ impl From<proto::ContainerState> for ContainerState {
             started_at: time(s.started_at),
             exited_at: time(s.exited_at),
             oom_killed: s.oom_killed,
+            reclaimed: false,
         }
     }
 }
@@ -351,6 +363,7 @@ mod tests {
             started_at: 20,
             exited_at: 30,
             oom_killed: false,
+            reclaimed: false,
         };
         shim::status::write(&dir, &record).unwrap();
         let states = recorded_states(pod.path()).unwrap();

@@ -8,8 +8,10 @@
 //! `/etc/passwd` and `/etc/group` are read, safely) and facts about the node gathered once by
 //! [`detect_runtime_env`]. This module builds data: it must never create namespaces, mount, or start
 //! anything. The only host changes it makes are containerd's: creating a missing host directory of
-//! a bind mount.
+//! a bind mount, and loading berth's default AppArmor profile through the injected
+//! [`apparmor::AppArmor`] (containerd's `WithDefaultProfile`).
 
+pub mod apparmor;
 mod caps;
 mod devices;
 mod mounts;
@@ -25,7 +27,7 @@ use oci_spec::runtime::{
     LinuxNamespace, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
-use crate::config::CgroupDriver;
+use crate::config::{CgroupDriver, glob};
 use crate::cri::api::{self, NamespaceMode};
 use crate::engine::oci::ImageConfig;
 use crate::error::{Context, Error, Result};
@@ -80,6 +82,24 @@ pub struct SandboxContext {
     pub shm_path: Option<PathBuf>,
     /// The pod cgroup as the kubelet sent it.
     pub cgroup_parent: String,
+    /// Which request annotations the pod's runtime handler lets into its specs.
+    pub passthrough: Passthrough,
+}
+
+/// A runtime handler's allowlists of request annotations copied into OCI specs (glob patterns, see
+/// [`crate::config::glob`]); empty lists copy nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Passthrough {
+    /// For the pod's annotations, in the pause's and every container's spec.
+    pub pod: Vec<String>,
+    /// For a container's own annotations, in its spec.
+    pub container: Vec<String>,
+}
+
+impl Passthrough {
+    pub fn of(handler: &crate::config::RuntimeHandler) -> Passthrough {
+        Passthrough { pod: handler.pod_annotations.clone(), container: handler.container_annotations.clone() }
+    }
 }
 
 /// Facts about the node and runtime, computed once by berthd ([`detect_runtime_env`]).
@@ -101,7 +121,6 @@ pub struct RuntimeEnv {
     /// The memory controller accounts swap (memsw / memory.swap.max).
     pub swap_controller: bool,
     pub seccomp_enabled: bool,
-    pub apparmor_enabled: bool,
     /// Recursive read-only bind mounts work (kernel ≥ 5.12 with mount_setattr).
     pub recursive_read_only_mounts: bool,
     /// berthd itself runs in a user namespace.
@@ -193,9 +212,6 @@ pub fn detect_runtime_env(cgroup_driver: CgroupDriver) -> Result<RuntimeEnv> {
         vec![]
     };
     let kernel = parse_kernel_release(&read_host("/proc/sys/kernel/osrelease")?);
-    let apparmor_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.starts_with('Y'))
-        && Path::new("/sys/kernel/security/apparmor").exists();
     let in_user_namespace = std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
         .unwrap_or(false);
@@ -209,7 +225,6 @@ pub fn detect_runtime_env(cgroup_driver: CgroupDriver) -> Result<RuntimeEnv> {
         hugetlb_controller,
         swap_controller,
         seccomp_enabled: status.lines().any(|l| l.starts_with("Seccomp:")),
-        apparmor_enabled,
         recursive_read_only_mounts: kernel >= (5, 12),
         in_user_namespace,
         cgroup2_mount_options,
@@ -355,21 +370,22 @@ fn clamp_oom_score_adj(adj: i64, env: &RuntimeEnv, field: &str) -> Result<i32> {
     Ok(if !env.can_lower_oom_score_adj && adj < env.own_oom_score_adj { env.own_oom_score_adj } else { adj })
 }
 
-/// Annotations an OCI runtime interprets (runc's systemd properties and CRIU config, crun's
-/// `run.oci.*`) and berth's own keys are not taken from the request: a pod must not configure
-/// its runtime through them.
-fn passthrough_annotation(key: &str) -> bool {
-    !["io.kubernetes.cri.", "org.systemd.property.", "org.criu.", "run.oci."]
-        .iter()
-        .any(|p| key.starts_with(p))
-}
+/// berth's own annotation keys: set by berth, never taken from a request.
+const BERTH_ANNOTATION_PREFIX: &str = "io.kubernetes.cri.";
 
-fn base_annotations(from_request: &HashMap<String, String>) -> HashMap<String, String> {
-    from_request
-        .iter()
-        .filter(|(k, _)| passthrough_annotation(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+/// Copies the request annotations an allowlist names into `out`. Annotations configure OCI runtimes
+/// (runc's `org.systemd.property.*`, crun's `run.oci.*`, kata's `io.katacontainers.*`), so a pod
+/// gets only what the node's operator allowed for its runtime handler.
+fn passthrough(
+    from_request: &HashMap<String, String>,
+    patterns: &[String],
+    out: &mut HashMap<String, String>,
+) {
+    for (k, v) in from_request {
+        if !k.starts_with(BERTH_ANNOTATION_PREFIX) && patterns.iter().any(|p| glob::matches(p, k)) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 fn sandbox_annotations(out: &mut HashMap<String, String>, sandbox_id: &str, sandbox: &api::PodSandboxConfig) {
@@ -378,61 +394,6 @@ fn sandbox_annotations(out: &mut HashMap<String, String>, sandbox_id: &str, sand
     out.insert(annotations::SANDBOX_NAMESPACE.into(), meta.namespace);
     out.insert(annotations::SANDBOX_UID.into(), meta.uid);
     out.insert(annotations::SANDBOX_NAME.into(), meta.name);
-}
-
-/// AppArmor: berth cannot load profiles, so only profiles already loaded on the node can be
-/// applied; with AppArmor disabled only RuntimeDefault/Unconfined (no-ops) are accepted.
-fn apparmor_profile(
-    field: &str,
-    profile: Option<&api::SecurityProfile>,
-    deprecated: &str,
-    privileged: bool,
-    enabled: bool,
-) -> Result<Option<String>> {
-    use api::security_profile::ProfileType;
-    let (kind, name) = match profile {
-        Some(p) => {
-            let kind = ProfileType::try_from(p.profile_type)
-                .map_err(|_| Error::invalid(format!("{field}: unknown profile type {}", p.profile_type)))?;
-            if kind != ProfileType::Localhost && !p.localhost_ref.is_empty() {
-                return Err(Error::invalid(format!(
-                    "{field}: localhost_ref must only be set for a Localhost profile"
-                )));
-            }
-            (kind, p.localhost_ref.strip_prefix("localhost/").unwrap_or(&p.localhost_ref).to_string())
-        }
-        None => match deprecated {
-            "" => return Ok(None),
-            "runtime/default" => (ProfileType::RuntimeDefault, String::new()),
-            "unconfined" => (ProfileType::Unconfined, String::new()),
-            other => match other.strip_prefix("localhost/") {
-                Some(n) => (ProfileType::Localhost, n.to_string()),
-                None => return Err(Error::invalid(format!("{field}_profile: invalid profile {other:?}"))),
-            },
-        },
-    };
-    match kind {
-        ProfileType::Unconfined => Ok(None),
-        ProfileType::Localhost if !enabled => {
-            Err(Error::precondition(format!("{field}: apparmor is not supported by this node")))
-        }
-        ProfileType::RuntimeDefault if !enabled || privileged => Ok(None),
-        ProfileType::RuntimeDefault => {
-            tracing::warn!("{field}: berth has no default AppArmor profile to load; running unconfined");
-            Ok(None)
-        }
-        ProfileType::Localhost => {
-            if name.is_empty() {
-                return Err(Error::invalid(format!("{field}: empty localhost profile name")));
-            }
-            let loaded = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
-                .context(|| "reading /sys/kernel/security/apparmor/profiles".into())?;
-            if !loaded.lines().any(|l| l.starts_with(&format!("{name} ("))) {
-                return Err(Error::invalid(format!("{field}: apparmor profile {name:?} not found")));
-            }
-            Ok(Some(name))
-        }
-    }
 }
 
 /// containerd's `WithResources`, plus the checks the OCI runtime would otherwise fail on later.
@@ -712,7 +673,8 @@ pub fn sandbox_spec(
         &seccomp::Target { bounding: &caps.bounding, arch: std::env::consts::ARCH, kernel: env.kernel },
     )?;
 
-    let mut ann = base_annotations(&config.annotations);
+    let mut ann = HashMap::new();
+    passthrough(&config.annotations, &ctx.passthrough.pod, &mut ann);
     sandbox_annotations(&mut ann, &ctx.id, config);
     ann.insert(annotations::SANDBOX_LOG_DIR.into(), config.log_directory.clone());
     ann.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_SANDBOX.into());
@@ -774,7 +736,8 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] =
 /// The spec of a container in a pod. `image_name` is what the user asked for (the CRI
 /// `user_specified_image`, else the image's name) and goes into an annotation; `target_pid` is the
 /// process of the container named by `namespace_options.target_id` when the pid namespace mode is
-/// TARGET (ephemeral debug containers).
+/// TARGET (ephemeral debug containers); `apparmor` is the host's AppArmor, which may get berth's
+/// default profile loaded (as containerd's `WithDefaultProfile` does).
 #[allow(clippy::too_many_arguments)]
 pub fn container_spec(
     id: &str,
@@ -786,6 +749,7 @@ pub fn container_spec(
     rootfs: &Path,
     env: &RuntimeEnv,
     target_pid: Option<u32>,
+    apparmor: &dyn apparmor::AppArmor,
 ) -> Result<Spec> {
     let meta =
         config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
@@ -961,15 +925,17 @@ pub fn container_spec(
         env.seccomp_enabled,
         &seccomp::Target { bounding: &caps.bounding, arch: std::env::consts::ARCH, kernel: env.kernel },
     )?;
-    let apparmor = apparmor_profile(
+    let apparmor = apparmor::container_profile(
         "security_context.apparmor",
         sc.apparmor.as_ref(),
         container_apparmor_name(&sc),
         privileged,
-        env.apparmor_enabled,
+        apparmor,
     )?;
 
-    let mut ann = base_annotations(&config.annotations);
+    let mut ann = HashMap::new();
+    passthrough(&sandbox.annotations, &ctx.passthrough.pod, &mut ann);
+    passthrough(&config.annotations, &ctx.passthrough.container, &mut ann);
     sandbox_annotations(&mut ann, &ctx.id, sandbox);
     ann.insert(annotations::CONTAINER_NAME.into(), meta.name);
     ann.insert(annotations::IMAGE_NAME.into(), image_name.into());
@@ -1037,6 +1003,10 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    fn no_apparmor() -> apparmor::FakeAppArmor {
+        apparmor::FakeAppArmor::disabled()
+    }
+
     fn test_env() -> RuntimeEnv {
         RuntimeEnv {
             cgroup_driver: CgroupDriver::Cgroupfs,
@@ -1048,7 +1018,6 @@ mod tests {
             hugetlb_controller: true,
             swap_controller: true,
             seccomp_enabled: true,
-            apparmor_enabled: false,
             recursive_read_only_mounts: true,
             in_user_namespace: false,
             cgroup2_mount_options: vec![],
@@ -1079,6 +1048,7 @@ mod tests {
             resolv_conf_path: dir.path().join("resolv.conf"),
             shm_path: Some(dir.path().join("shm")),
             cgroup_parent: "/kubepods/besteffort/poduid-1".into(),
+            passthrough: Passthrough::default(),
         };
         Pod { dir, ctx }
     }
@@ -1210,7 +1180,7 @@ mod tests {
     }
 
     fn build(p: &Pod, c: &api::ContainerConfig, s: &api::PodSandboxConfig, env: &RuntimeEnv) -> Result<Spec> {
-        container_spec("ctr1", c, s, &p.ctx, &image(), "nginx:1.27", &p.rootfs(), env, None)
+        container_spec("ctr1", c, s, &p.ctx, &image(), "nginx:1.27", &p.rootfs(), env, None, &no_apparmor())
     }
 
     fn sc_mut(c: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
@@ -1351,7 +1321,8 @@ mod tests {
         assert_eq!(mount_of(&s, "/dev/shm").source().as_ref().unwrap(), Path::new(&p.path("shm")));
 
         let a = s.annotations().as_ref().unwrap();
-        assert_eq!(a["io.kubernetes.container.hash"], "abc");
+        assert!(!a.contains_key("io.kubernetes.container.hash"), "no allowlist, no request annotations");
+        assert!(!a.contains_key("kubernetes.io/config.source"));
         assert_eq!(a[annotations::CONTAINER_TYPE], "container", "berth's keys cannot be spoofed");
         assert!(!a.contains_key("org.systemd.property.CPUQuota"));
         assert_eq!(a[annotations::SANDBOX_ID], "sb1");
@@ -1441,6 +1412,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             None,
+            &no_apparmor(),
         );
         let e = s.unwrap_err();
         assert_eq!(e.to_string(), "no command specified");
@@ -1455,6 +1427,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             None,
+            &no_apparmor(),
         )
         .unwrap();
         assert_eq!(
@@ -1616,6 +1589,7 @@ mod tests {
             &p.rootfs(),
             &test_env(),
             Some(77),
+            &no_apparmor(),
         )
         .unwrap();
         assert_eq!(ns_of(&s, LinuxNamespaceType::Pid).unwrap().1.as_deref(), Some("/proc/77/ns/pid"));
@@ -1635,13 +1609,25 @@ mod tests {
         sandbox_sc_mut(&mut sb).namespace_options.as_mut().unwrap().network = NamespaceMode::Node as i32;
         let mut ctx = p.ctx.clone();
         ctx.netns = None;
-        let s = container_spec("c", &c, &sb, &ctx, &image(), "i", &p.rootfs(), &test_env(), None).unwrap();
+        let s =
+            container_spec("c", &c, &sb, &ctx, &image(), "i", &p.rootfs(), &test_env(), None, &no_apparmor())
+                .unwrap();
         assert!(
             ns_of(&s, LinuxNamespaceType::Network).is_none() && ns_of(&s, LinuxNamespaceType::Uts).is_none()
         );
         // A pod network without a netns is berthd's bug, never silently the host's network.
-        let e =
-            container_spec("c", &c, &kubelet_sandbox(), &ctx, &image(), "i", &p.rootfs(), &test_env(), None);
+        let e = container_spec(
+            "c",
+            &c,
+            &kubelet_sandbox(),
+            &ctx,
+            &image(),
+            "i",
+            &p.rootfs(),
+            &test_env(),
+            None,
+            &no_apparmor(),
+        );
         assert_eq!(e.unwrap_err().kind(), crate::ErrorKind::FailedPrecondition);
 
         // cgroup v2: a private cgroup namespace (not for privileged containers).
@@ -1757,24 +1743,78 @@ mod tests {
         assert_eq!(rules.last().unwrap().access().as_deref(), Some("rw"));
     }
 
+    /// Issue 8 item 6: request annotations reach a spec only through the runtime handler's allowlists
+    /// (containerd's `pod_annotations` / `container_annotations`), never berth's own keys.
     #[test]
-    fn apparmor_without_apparmor() {
-        let f = "security_context.apparmor";
+    fn request_annotations_pass_only_through_the_handlers_allowlists() {
+        let mut p = pod();
+        let mut sb = kubelet_sandbox();
+        for (k, v) in [
+            ("io.katacontainers.config.hypervisor.kernel_params", "init=/bin/sh"),
+            ("run.oci.keep_original_groups", "1"),
+            ("io.kubernetes.cri.sandbox-log-directory", "/etc"),
+        ] {
+            sb.annotations.insert(k.into(), v.into());
+        }
+        let mut c = kubelet_container(&p);
+        c.annotations.insert("io.katacontainers.container.resource".into(), "x".into());
+        let request_keys = |a: &HashMap<String, String>| {
+            let mut keys: Vec<String> =
+                a.keys().filter(|k| !k.starts_with(BERTH_ANNOTATION_PREFIX)).cloned().collect();
+            keys.sort();
+            keys
+        };
+
+        let s = sandbox_spec(&sb, &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        assert_eq!(request_keys(s.annotations().as_ref().unwrap()), Vec::<String>::new());
+        let s = build(&p, &c, &sb, &test_env()).unwrap();
+        assert_eq!(request_keys(s.annotations().as_ref().unwrap()), Vec::<String>::new());
+
+        p.ctx.passthrough = Passthrough {
+            pod: strings(&["io.katacontainers.*", "io.kubernetes.cri.*"]),
+            container: strings(&["io.kubernetes.container.*", "io.katacontainers.container.*"]),
+        };
+        let s = sandbox_spec(&sb, &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        let a = s.annotations().as_ref().unwrap();
+        assert_eq!(request_keys(a), strings(&["io.katacontainers.config.hypervisor.kernel_params"]));
+        assert_eq!(a[annotations::SANDBOX_LOG_DIR], "/var/log/pods/default_nginx_uid-1");
+        let s = build(&p, &c, &sb, &test_env()).unwrap();
+        let a = s.annotations().as_ref().unwrap();
         assert_eq!(
-            apparmor_profile(f, Some(&profile(ProfileType::RuntimeDefault)), "", false, false).unwrap(),
-            None
+            request_keys(a),
+            strings(&[
+                "io.katacontainers.config.hypervisor.kernel_params",
+                "io.katacontainers.container.resource",
+                "io.kubernetes.container.hash"
+            ])
         );
+        assert_eq!(a[annotations::CONTAINER_TYPE], "container");
+        assert!(!a.contains_key(annotations::SANDBOX_LOG_DIR));
+    }
+
+    /// Issue 8 item 5: with AppArmor on the host, a container that asks for nothing runs under
+    /// berth-default; a privileged one does not.
+    #[test]
+    fn containers_get_the_default_apparmor_profile_where_apparmor_is_enabled() {
+        let p = pod();
+        let aa = apparmor::FakeAppArmor::enabled(&[]);
+        let spec = |c: &api::ContainerConfig, sb: &api::PodSandboxConfig| {
+            container_spec("c", c, sb, &p.ctx, &image(), "i", &p.rootfs(), &test_env(), None, &aa).unwrap()
+        };
+        let c = kubelet_container(&p);
         assert_eq!(
-            apparmor_profile(f, Some(&profile(ProfileType::Unconfined)), "", false, false).unwrap(),
-            None
+            process(&spec(&c, &kubelet_sandbox())).apparmor_profile().as_deref(),
+            Some("berth-default")
         );
-        assert_eq!(apparmor_profile(f, None, "runtime/default", false, false).unwrap(), None);
-        let local =
-            api::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: "p".into() };
-        let e = apparmor_profile(f, Some(&local), "", false, false).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::FailedPrecondition);
-        assert!(apparmor_profile(f, None, "localhost/p", false, false).is_err());
-        assert!(apparmor_profile(f, None, "weird", false, false).is_err());
+        assert_eq!(aa.loads().len(), 1);
+        let mut c = kubelet_container(&p);
+        sc_mut(&mut c).privileged = true;
+        let mut sb = kubelet_sandbox();
+        sandbox_sc_mut(&mut sb).privileged = true;
+        assert_eq!(process(&spec(&c, &sb)).apparmor_profile(), &None);
+        // The pause keeps no profile, as containerd's.
+        let s = sandbox_spec(&kubelet_sandbox(), &p.ctx, &pause_image(), &p.rootfs(), &test_env()).unwrap();
+        assert_eq!(process(&s).apparmor_profile(), &None);
     }
 
     fn pause_image() -> ImageConfig {
@@ -1845,7 +1885,7 @@ mod tests {
         assert_eq!(a[annotations::SANDBOX_LOG_DIR], "/var/log/pods/default_nginx_uid-1");
         assert_eq!(a[annotations::SANDBOX_CPU_SHARES], "1024");
         assert_eq!(a[annotations::SANDBOX_MEMORY], "1073741824");
-        assert_eq!(a["kubernetes.io/config.source"], "api");
+        assert!(!a.contains_key("kubernetes.io/config.source"), "no allowlist, no request annotations");
 
         let mut env = test_env();
         env.can_lower_oom_score_adj = true;
@@ -2016,6 +2056,7 @@ mod tests {
             resolv_conf_path: dir.path().join("resolv.conf"),
             shm_path: Some(dir.path().join("shm")),
             cgroup_parent: format!("/{tag}"),
+            passthrough: Passthrough::default(),
         };
         let pause = ImageConfig {
             config: RuntimeConfig {
@@ -2070,9 +2111,19 @@ mod tests {
             ..Default::default()
         });
         let id = format!("{tag}-ctr");
-        let spec =
-            container_spec(&id, &c, &sb, &ctx, &ImageConfig::default(), "busybox", &rootfs, &env, None)
-                .unwrap();
+        let spec = container_spec(
+            &id,
+            &c,
+            &sb,
+            &ctx,
+            &ImageConfig::default(),
+            "busybox",
+            &rootfs,
+            &env,
+            None,
+            &apparmor::FakeAppArmor::disabled(),
+        )
+        .unwrap();
         let bundle = dir.path().join("ctr");
         std::fs::create_dir(&bundle).unwrap();
         spec.save(bundle.join("config.json")).unwrap();

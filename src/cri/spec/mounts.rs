@@ -5,7 +5,6 @@
 //! A missing host directory of a bind mount is created (containerd does); propagation modes are
 //! checked against the host mount the source lives on, from `/proc/self/mountinfo`.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
@@ -215,11 +214,8 @@ fn bind_mount(
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // The kubelet relies on this for some volume types; containerd does the same (0755).
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(host)
-                .context(|| format!("{field}: creating missing host path {}", host.display()))?;
+            crate::fsutil::create_dir_all_with_mode(host, 0o755)
+                .map_err(|e| e.context(format!("{field}: creating missing host path")))?;
         }
         Err(e) => return Err(e).context(|| format!("{field}: stat of host path {}", host.display())),
     }

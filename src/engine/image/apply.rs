@@ -7,13 +7,18 @@
 //! the caller discards the snapshot. Metadata is changed through file descriptors or `*at` calls
 //! that do not follow the final symlink.
 //!
-//! This module must never write, chmod, chown or set times on anything outside the target, and
-//! never follow a symlink except as a parent directory confined by `openat2`.
+//! Sparse entries (GNU `S`) are written with holes, and every regular file's logical size counts
+//! against the caller's limit before a byte of it is written: a tiny layer can describe a file of
+//! any size, which no decompression guard on the tar stream would notice.
+//!
+//! This module must never write, chmod, chown or set times on anything outside the target, never
+//! follow a symlink except as a parent directory confined by `openat2`, and never write more file
+//! content than the limit it was given.
 
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
@@ -32,7 +37,7 @@ use crate::error::{Context, Error, ErrorKind, Result};
 pub struct ApplyStats {
     /// Tar entries applied (including whiteouts).
     pub entries: u64,
-    /// Bytes of regular file content written.
+    /// Bytes of regular file content written, holes of sparse files included (their logical size).
     pub bytes: u64,
 }
 
@@ -44,9 +49,17 @@ const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Writes the uncompressed layer tar stream `reader` into the directory `target`, whiteouts
 /// written as `mode` says. The reader should be buffered; reading stops at the tar end marker,
-/// so whatever follows it is left in the reader. On error the target is left half-written and
-/// must be discarded.
-pub fn apply_tar(reader: impl Read, target: &Path, mode: WhiteoutMode) -> Result<ApplyStats> {
+/// so whatever follows it is left in the reader. Fails with ResourceExhausted, before writing the
+/// entry, when the regular files' logical sizes (sparse files at their full size) add up to more
+/// than `max_file_bytes`. On error the target is left half-written and must be discarded.
+///
+/// This is also the entry point for fuzzing the applier: any byte string, any empty directory.
+pub fn apply_tar(
+    reader: impl Read,
+    target: &Path,
+    mode: WhiteoutMode,
+    max_file_bytes: u64,
+) -> Result<ApplyStats> {
     let root = rustix::fs::open(target, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .context(|| format!("opening apply target {}", target.display()))?;
     let mut applier = Applier {
@@ -57,6 +70,7 @@ pub fn apply_tar(reader: impl Read, target: &Path, mode: WhiteoutMode) -> Result
         dir_times: Vec::new(),
         parent: None,
         stats: ApplyStats::default(),
+        max_file_bytes,
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(read_error)? {
@@ -101,6 +115,8 @@ struct Applier {
     /// The last parent directory opened; entries of one directory usually come together.
     parent: Option<(Vec<u8>, Rc<OwnedFd>)>,
     stats: ApplyStats,
+    /// The most file content (logical bytes) the layer may write.
+    max_file_bytes: u64,
 }
 
 impl Applier {
@@ -158,6 +174,25 @@ impl Applier {
         let name = cstr(&raw, base)?;
         match kind {
             Kind::File => {
+                // The logical size: for a GNU sparse entry the tar crate gives the full size, holes
+                // included, which may be any number a few header bytes can hold.
+                let size = entry.size();
+                let total = self.stats.bytes.saturating_add(size);
+                if total > self.max_file_bytes {
+                    return Err(Error::new(
+                        ErrorKind::ResourceExhausted,
+                        entry_what(
+                            &raw,
+                            &format!(
+                                "refusing to unpack more than {} bytes of files (cri.unpack_max_expansion \
+                                 times the compressed size): this {}entry of {size} bytes would bring \
+                                 the layer to {total}, a decompression bomb",
+                                self.max_file_bytes,
+                                if etype == EntryType::GNUSparse { "sparse " } else { "" },
+                            ),
+                        ),
+                    ));
+                }
                 let fd = self.create(&raw, dirfd, &name, false, |d, n| {
                     let flags =
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -166,13 +201,26 @@ impl Applier {
                 let fd =
                     fd.ok_or_else(|| Error::internal(entry_what(&raw, "creating file: nothing created")))?;
                 let mut file = File::from(fd);
+                let sparse = etype == EntryType::GNUSparse;
                 loop {
                     let n = entry.read(&mut self.buf).map_err(read_error)?;
                     if n == 0 {
                         break;
                     }
-                    file.write_all(&self.buf[..n]).context(|| entry_what(&raw, "writing file"))?;
+                    let chunk = &self.buf[..n];
+                    // The tar crate reads a hole as a run of zeros, in reads of their own: skipped
+                    // over, they stay holes and take no disk.
+                    if sparse && chunk.iter().all(|b| *b == 0) {
+                        file.seek(SeekFrom::Current(n as i64))
+                            .context(|| entry_what(&raw, "writing file"))?;
+                    } else {
+                        file.write_all(chunk).context(|| entry_what(&raw, "writing file"))?;
+                    }
                     self.stats.bytes += n as u64;
+                }
+                if sparse {
+                    // A trailing hole was only seeked over.
+                    file.set_len(size).context(|| entry_what(&raw, "writing file"))?;
                 }
                 set_fd_meta(&raw, file.as_fd(), &meta)?;
                 rustix::fs::futimens(&file, &meta.times).context(|| entry_what(&raw, "setting times"))?;
@@ -552,6 +600,10 @@ fn metadata<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> 
                 if let Some(t) = parse_pax_time(ext.value_bytes()) {
                     mtime = t;
                 }
+            } else if key.starts_with(b"GNU.sparse.") {
+                // GNU tar's PAX sparse formats keep the map in records or in the data, which the tar
+                // crate does not read: the file would come out as map and data under a made-up name.
+                return Err(invalid(raw, "sparse file in the PAX format is not supported"));
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 // Overlayfs's own xattrs would let a layer steer the kernel (redirects, metacopy,
                 // opacity other than by the whiteout forms): never taken from a layer.
@@ -691,6 +743,20 @@ pub(crate) mod test_tar {
             h.set_device_minor(minor).unwrap();
             self.add(h, b"")
         }
+        /// A GNU sparse entry (type `S`) of `real_size` bytes holding `chunks` (offset, data), at
+        /// most four, in order; every chunk but the last a multiple of 512 bytes long.
+        pub(crate) fn sparse(&mut self, name: &str, real_size: u64, chunks: &[(u64, &[u8])]) -> &mut Self {
+            assert!(chunks.len() <= 4, "only the header's own sparse slots");
+            let data: Vec<u8> = chunks.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+            let mut h = header(EntryType::GNUSparse, name.as_bytes(), data.len() as u64);
+            let gnu = h.as_gnu_mut().expect("a gnu header");
+            for (slot, (offset, d)) in gnu.sparse.iter_mut().zip(chunks) {
+                slot.set_offset(*offset);
+                slot.set_length(d.len() as u64);
+            }
+            gnu.set_real_size(real_size);
+            self.add(h, &data)
+        }
         /// A PAX extended header describing the next entry.
         pub(crate) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
             let mut data = Vec::new();
@@ -745,7 +811,7 @@ mod tests {
 
     impl Env {
         fn apply(&self, layer: &mut Layer, mode: WhiteoutMode) -> Result<ApplyStats> {
-            apply_tar(&layer.bytes()[..], &self.root, mode)
+            apply_tar(&layer.bytes()[..], &self.root, mode, u64::MAX)
         }
         fn outside_path(&self) -> String {
             self.outside.to_str().unwrap().to_string()
@@ -774,6 +840,87 @@ mod tests {
     }
 
     const MODES: [WhiteoutMode; 2] = [WhiteoutMode::Delete, WhiteoutMode::Overlay];
+
+    /// Bytes the file takes on disk.
+    fn allocated(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn sparse_entries_are_written_with_holes() {
+        let env = setup();
+        let size = 64 << 20;
+        let (head, tail) = ([b'h'; 512], [b't'; 100]);
+        let stats = env
+            .apply(
+                Layer::new().sparse("sparse", size, &[(0, &head), (size - 100, &tail)]).file("after", b"a"),
+                WhiteoutMode::Delete,
+            )
+            .unwrap();
+        assert_eq!(stats.bytes, size + 1);
+        let path = env.root.join("sparse");
+        let content = fs::read(&path).unwrap();
+        assert_eq!(content.len() as u64, size);
+        assert_eq!(content[..512], head);
+        assert_eq!(content[content.len() - 100..], tail);
+        assert!(content[512..content.len() - 100].iter().all(|b| *b == 0));
+        assert!(allocated(&path) < 1 << 20, "{} bytes allocated: the hole was written", allocated(&path));
+        assert_eq!(fs::read(env.root.join("after")).unwrap(), b"a");
+
+        // A hole at the end is kept too.
+        let env = setup();
+        env.apply(Layer::new().sparse("trailing", size, &[(0, &head), (size, b"")]), WhiteoutMode::Delete)
+            .unwrap();
+        let path = env.root.join("trailing");
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
+        assert!(allocated(&path) < 1 << 20, "{} bytes allocated", allocated(&path));
+    }
+
+    // Issue 8 item 13: a few hundred bytes of tar describing a file of any size.
+    #[test]
+    fn sparse_bombs_are_refused_before_writing() {
+        let env = setup();
+        let size = 20u64 << 30;
+        let mut layer = Layer::new();
+        layer.file("small", &[1; 1000]).sparse("bomb", size, &[(size - 4, b"end\n")]);
+        let err = apply_tar(&layer.bytes()[..], &env.root, WhiteoutMode::Delete, 16 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("\"bomb\"") && msg.contains("sparse") && msg.contains("16777216"), "{msg}");
+        assert!(!env.root.join("bomb").exists(), "the bomb's file was created");
+
+        // Plain files count too: the limit is on everything the layer writes.
+        let env = setup();
+        let mut layer = Layer::new();
+        layer.file("a", &[1; 600]).file("b", &[2; 600]);
+        let err = apply_tar(&layer.bytes()[..], &env.root, WhiteoutMode::Delete, 1000).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+        assert!(err.to_string().contains("\"b\""), "{err}");
+        let env = setup();
+        apply_tar(&layer.bytes()[..], &env.root, WhiteoutMode::Delete, 1200).unwrap();
+    }
+
+    #[test]
+    fn pax_sparse_entries_are_refused() {
+        // GNU tar's `--sparse --format=posix` (format 1.0): the map is in the data, the real name in a
+        // record.
+        let env = setup();
+        let data = b"1\n0\n4\n";
+        let mut padded = data.to_vec();
+        padded.resize(512, 0);
+        padded.extend_from_slice(b"data");
+        let mut layer = Layer::new();
+        layer
+            .pax(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", b"sparse"),
+                ("GNU.sparse.realsize", b"21474836480"),
+            ])
+            .file("GNUSparseFile.0/sparse", &padded);
+        assert_refused(env.apply(&mut layer, WhiteoutMode::Delete), "GNUSparseFile.0/sparse");
+        assert!(!env.root.join("GNUSparseFile.0/sparse").exists());
+    }
 
     #[test]
     fn dotdot_components_are_refused() {

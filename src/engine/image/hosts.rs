@@ -3,6 +3,13 @@
 //! and extra headers; a directory without hosts.toml may hold Docker-style `*.crt`/`*.cert`/`*.key`
 //! files; `_default` applies to every registry without a directory of its own. Files are read on
 //! every call, so edits apply to the next pull without a restart (as in containerd).
+//!
+//! It also decides which hosts may receive credentials over plain HTTP: loopback hosts (nothing
+//! leaves the node), and a registry that its own hosts.toml (`<config_path>/<host>/hosts.toml`, not
+//! `_default`) names with an `http://` URL for that same host, in `server` or a `[host."http://…"]`
+//! entry. A mirror listed as `http://` in another registry's file does not qualify: that file
+//! speaks for the other registry, not for the mirror.
+//!
 //! This module only reads configuration; it must never open connections or read certificates.
 
 use std::collections::BTreeMap;
@@ -61,6 +68,9 @@ pub struct RegistryHost {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     /// Extra headers sent with every request to this host.
     pub header: BTreeMap<String, Vec<String>>,
+    /// Whether credentials may go to this host over plain HTTP (see the module doc). Meaningless for
+    /// HTTPS hosts, which may always receive the credentials configured for them.
+    pub http_credentials: bool,
 }
 
 impl RegistryHost {
@@ -89,7 +99,15 @@ impl RegistryHost {
             ca: Vec::new(),
             client: Vec::new(),
             header: BTreeMap::new(),
+            // Plain HTTP by default only for loopback hosts.
+            http_credentials: scheme == Scheme::Http,
         }
+    }
+
+    /// Whether credentials configured for this host may be sent to it: always over HTTPS, over
+    /// plain HTTP only where [`RegistryHost::http_credentials`] allows it.
+    pub fn may_receive_credentials(&self) -> bool {
+        self.scheme == Scheme::Https || self.http_credentials
     }
 }
 
@@ -97,19 +115,33 @@ impl RegistryHost {
 /// order, then the `server` (or the default upstream when the file names none). Without a
 /// directory for the domain (nor `_default`), just the default upstream.
 pub fn hosts_for(config_path: &Path, domain: &str) -> Result<Vec<RegistryHost>> {
-    if domain.is_empty() || domain.contains('/') || domain.starts_with('.') {
-        return Err(Error::invalid(format!("invalid registry domain {domain:?}")));
-    }
+    check_domain(domain)?;
     let Some(dir) = host_dir(config_path, domain)? else {
         return Ok(vec![RegistryHost::upstream(domain)]);
     };
+    let own = dir.file_name().is_some_and(|n| n != "_default");
     let file = dir.join("hosts.toml");
     match std::fs::read_to_string(&file) {
-        Ok(text) if !text.trim().is_empty() => parse_hosts_toml(&file, &text, &dir, domain),
+        Ok(text) if !text.trim().is_empty() => parse_hosts_toml(&file, &text, &dir, domain, own),
         Ok(_) => load_cert_files(&dir, domain),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => load_cert_files(&dir, domain),
         Err(e) => Err(e).context(|| format!("reading registry host config {}", file.display())),
     }
+}
+
+/// The hosts a hosts.toml text gives for `domain`, as [`hosts_for`] would from
+/// `<dir>/hosts.toml` (relative paths resolve against `dir`); `own` says whether the file is the
+/// domain's own rather than `_default`'s. Also the entry point for fuzzing the parser.
+pub fn parse_hosts(text: &str, dir: &Path, domain: &str, own: bool) -> Result<Vec<RegistryHost>> {
+    check_domain(domain)?;
+    parse_hosts_toml(&dir.join("hosts.toml"), text, dir, domain, own)
+}
+
+fn check_domain(domain: &str) -> Result<()> {
+    if domain.is_empty() || domain.contains('/') || domain.starts_with('.') {
+        return Err(Error::invalid(format!("invalid registry domain {domain:?}")));
+    }
+    Ok(())
 }
 
 /// The first of `<host>_<port>_`, `<host>:<port>`, `_default` that exists (containerd's order).
@@ -155,7 +187,13 @@ fn load_cert_files(dir: &Path, domain: &str) -> Result<Vec<RegistryHost>> {
     Ok(vec![host])
 }
 
-fn parse_hosts_toml(file: &Path, text: &str, dir: &Path, domain: &str) -> Result<Vec<RegistryHost>> {
+fn parse_hosts_toml(
+    file: &Path,
+    text: &str,
+    dir: &Path,
+    domain: &str,
+    own: bool,
+) -> Result<Vec<RegistryHost>> {
     let bad = |why: String| Error::invalid(format!("invalid registry host config {}: {why}", file.display()));
     let table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
     let mut hosts = Vec::new();
@@ -180,6 +218,11 @@ fn parse_hosts_toml(file: &Path, text: &str, dir: &Path, domain: &str) -> Result
         root.capabilities = Capabilities::ALL;
     }
     hosts.push(root);
+    let registry = registry_host(domain);
+    for h in &mut hosts {
+        h.http_credentials =
+            h.scheme == Scheme::Http && (is_localhost(&h.host) || (own && h.host == registry));
+    }
     Ok(hosts)
 }
 
@@ -382,6 +425,7 @@ mod tests {
             ca: vec![],
             client: vec![],
             header: BTreeMap::new(),
+            http_credentials: scheme == Scheme::Http && is_localhost(h),
         }
     }
 
@@ -608,6 +652,57 @@ ca = "/etc/path/default"
         let got = hosts_for(tmp.path(), "ok.io").unwrap();
         assert_eq!(got[0], host(Scheme::Http, "m:5000", "/v2", Capabilities::ALL));
         assert_eq!(got[1].host, "ok.io");
+    }
+
+    // Issue 8 item 7: credentials never cross plain HTTP unless the registry's own file says so.
+    #[test]
+    fn plain_http_credentials_only_where_the_registrys_own_file_says_http() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "r.example:5000",
+            "hosts.toml",
+            r#"server = "http://r.example:5000"
+[host."http://mirror.example"]
+[host."https://secure-mirror.example"]
+[host."http://127.0.0.1:5001"]
+[host."http://r.example:5000"]
+  capabilities = ["pull"]
+"#,
+        );
+        let got = hosts_for(tmp.path(), "r.example:5000").unwrap();
+        let allowed: Vec<(&str, bool)> =
+            got.iter().map(|h| (h.host.as_str(), h.may_receive_credentials())).collect();
+        assert_eq!(
+            allowed,
+            [
+                ("mirror.example", false),
+                ("secure-mirror.example", true),
+                ("127.0.0.1:5001", true),
+                ("r.example:5000", true),
+                ("r.example:5000", true),
+            ]
+        );
+
+        // The server is another host: the file does not speak for it.
+        write(tmp.path(), "r2.example", "hosts.toml", "server = \"http://elsewhere.example\"\n");
+        assert!(!hosts_for(tmp.path(), "r2.example").unwrap()[0].may_receive_credentials());
+
+        // `_default` speaks for no registry in particular.
+        write(tmp.path(), "_default", "hosts.toml", "server = \"http://r3.example\"\n");
+        let got = hosts_for(tmp.path(), "r3.example").unwrap();
+        assert_eq!(got[0].scheme, Scheme::Http);
+        assert!(!got[0].may_receive_credentials());
+
+        // Defaults: HTTPS always; plain HTTP for loopback registries only.
+        let missing = tmp.path().join("nope");
+        assert!(hosts_for(&missing, "quay.io").unwrap()[0].may_receive_credentials());
+        assert!(hosts_for(&missing, "localhost:5000").unwrap()[0].may_receive_credentials());
+
+        // The parser entry point agrees with the file.
+        let text = "server = \"http://r4.example\"\n";
+        assert!(parse_hosts(text, tmp.path(), "r4.example", true).unwrap()[0].may_receive_credentials());
+        assert!(!parse_hosts(text, tmp.path(), "r4.example", false).unwrap()[0].may_receive_credentials());
     }
 
     #[test]

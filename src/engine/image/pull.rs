@@ -20,7 +20,7 @@ use super::registry::Fetcher;
 use super::store::{ImageInfo, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, check_manifest, select_manifest};
 use super::unpack::LayerToUnpack;
 use crate::engine::digest::Digest;
-use crate::engine::oci::{self, Descriptor, ImageConfig, Parsed, Platform};
+use crate::engine::oci::{self, Descriptor, Parsed, Platform};
 use crate::engine::{Engine, lease};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -35,6 +35,8 @@ pub enum LayerStatus {
     Exists,
     Unpacking,
     Unpacked,
+    /// Its snapshot was there before this pull: nothing was unpacked.
+    AlreadyUnpacked,
 }
 
 impl LayerStatus {
@@ -46,6 +48,7 @@ impl LayerStatus {
             LayerStatus::Exists => "exists",
             LayerStatus::Unpacking => "unpacking",
             LayerStatus::Unpacked => "unpacked",
+            LayerStatus::AlreadyUnpacked => "already unpacked",
         }
     }
 }
@@ -170,8 +173,7 @@ impl Engine {
             }
         };
         let config_bytes = self.fetch_small(ns, lease, &fetcher, &manifest.config, MAX_CONFIG_BYTES).await?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::invalid(format!("image {reference}: invalid image config: {e}")))?;
+        let config = oci::parse_config(&config_bytes).map_err(|e| e.context(format!("image {reference}")))?;
         check_manifest(&manifest, &config, &manifest_desc.digest)?;
         let chain = oci::chain_ids(&config.rootfs.diff_ids);
 
@@ -215,7 +217,11 @@ impl Engine {
         for (i, rx) in done_rx.into_iter().enumerate() {
             let layer = &manifest.layers[i];
             rx.await.map_err(|_| Error::internal("layer download task vanished"))??;
-            progress.update(&layer.digest, None, LayerStatus::Unpacking);
+            // Said as it is, so that a progress display shows no unpacking (nor a rate) for it.
+            let already = self.unpacker.is_unpacked(&chain[i])?;
+            if !already {
+                progress.update(&layer.digest, None, LayerStatus::Unpacking);
+            }
             let to_unpack = LayerToUnpack {
                 blob_path: self.content.path(&layer.digest),
                 desc: layer.clone(),
@@ -232,7 +238,8 @@ impl Engine {
             .await
             .map_err(|e| Error::internal(format!("unpack task failed: {e}")))??;
             debug_assert_eq!(chain_id, chain[i]);
-            progress.update(&layer.digest, None, LayerStatus::Unpacked);
+            let done = if already { LayerStatus::AlreadyUnpacked } else { LayerStatus::Unpacked };
+            progress.update(&layer.digest, None, done);
             parent = Some(chain_id);
         }
         downloads.shutdown().await;
@@ -321,5 +328,80 @@ impl Engine {
                 Err(e) => return Err(e.context(format!("fetching layer {}", desc.digest))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::config::SnapshotterKind;
+    use crate::engine::EngineOptions;
+    use crate::engine::image::apply::test_tar::Layer;
+    use crate::engine::image::fake_registry::FakeRegistry;
+    use crate::engine::image::registry::RegistryOptions;
+    use crate::engine::oci::media;
+
+    /// Pushes a one-layer image tagged `v1` into `reg`'s repository `app`.
+    fn push_image(reg: &FakeRegistry) -> Digest {
+        let tar = Layer::new().file("hello", b"hello\n").bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let layer = gz.finish().unwrap();
+        let platform = Platform::host();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&tar).to_string()]},
+        }))
+        .unwrap();
+        let config_desc =
+            Descriptor::new(media::OCI_CONFIG, reg.push_blob("app", &config), config.len() as i64);
+        let layer_desc =
+            Descriptor::new(media::OCI_LAYER_GZIP, reg.push_blob("app", &layer), layer.len() as i64);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": config_desc,
+            "layers": [layer_desc],
+        }))
+        .unwrap();
+        reg.push_manifest("app", Some("v1"), media::OCI_MANIFEST, &manifest);
+        layer_desc.digest
+    }
+
+    // berthctl printed "unpacked … 334 GiB/s" for layers a pull found in place: the engine says
+    // what it did.
+    #[tokio::test]
+    async fn layers_found_in_place_are_reported_as_such() {
+        let reg = FakeRegistry::start().await;
+        let layer = push_image(&reg);
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineOptions {
+            root: tmp.path().join("root"),
+            snapshotter: SnapshotterKind::Native,
+            registry: RegistryOptions {
+                config_path: tmp.path().join("certs.d"),
+                auth_file: tmp.path().join("config.json"),
+                progress_timeout: Duration::from_secs(10),
+                user_agent: String::new(),
+            },
+            max_concurrent_downloads: 2,
+            unpack_max_expansion: 100,
+        })
+        .unwrap();
+        let reference = Reference::parse(&format!("{}/app:v1", reg.host())).unwrap();
+        let pull = |engine: Arc<Engine>| {
+            let reference = reference.clone();
+            async move {
+                let progress = Arc::new(PullProgress::default());
+                let names: NamesFn = Box::new(|_, _| vec!["app".to_string()]);
+                engine.pull("test", &reference, None, names, Some(progress.clone())).await.unwrap();
+                progress.snapshot().into_iter().map(|l| (l.digest, l.status.as_str())).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(pull(engine.clone()).await, [(layer.clone(), "unpacked")]);
+        assert_eq!(pull(engine.clone()).await, [(layer, "already unpacked")]);
     }
 }

@@ -23,7 +23,9 @@ use rustls::RootCertStore;
 use serde::Deserialize;
 
 use crate::engine::digest::Digest;
-use crate::engine::image::auth::{Authorizer, Credentials, TokenClient};
+use crate::engine::image::auth::{
+    AuthTarget, Authorizer, Credentials, EndpointCredentials, TokenClient, credentials_for_endpoint,
+};
 use crate::engine::image::hosts::{Capabilities, RegistryHost, Scheme, hosts_for, is_localhost};
 use crate::engine::image::reference::Reference;
 use crate::engine::image::tls;
@@ -42,7 +44,8 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 pub struct RegistryOptions {
     /// The `certs.d` directory with `<domain>/hosts.toml`.
     pub config_path: PathBuf,
-    /// A Docker `config.json`, used when a pull brings no credentials.
+    /// A Docker `config.json`: credentials per registry host, for every host a pull's own
+    /// credentials are not for.
     pub auth_file: PathBuf,
     /// A request or body read that makes no progress for this long fails.
     pub progress_timeout: Duration,
@@ -117,7 +120,7 @@ impl Registry {
 
     /// Resolves a reference to the descriptor of its manifest or index, trying each host with the
     /// resolve capability in order (any pull host for a digest reference, which is self-verifying).
-    /// Without `creds`, the credentials file is consulted.
+    /// `creds` go only to the host they are for (see [`Registry::fetcher`]).
     pub async fn resolve(&self, r: &Reference, creds: Option<Credentials>) -> Result<Resolved> {
         let fetcher = self.fetcher(r, creds)?;
         let descriptor = fetcher.resolve(r).await?;
@@ -125,13 +128,12 @@ impl Registry {
     }
 
     /// A fetcher for the repository of `r`, without resolving anything (for content whose
-    /// descriptors are already known). Without `creds`, the credentials file is consulted.
+    /// descriptors are already known). Each host of the pull gets only credentials for itself:
+    /// `creds` (the pull request's, for their `server_address` or else the image's registry) when
+    /// they are for it, else the credentials file's entry for it; and none over plain HTTP unless
+    /// its configuration allows that.
     pub fn fetcher(&self, r: &Reference, creds: Option<Credentials>) -> Result<Fetcher> {
         let opts = &self.inner.opts;
-        let creds = match creds {
-            Some(c) => Some(c),
-            None => Credentials::from_docker_config(&opts.auth_file, &r.domain)?,
-        };
         let mut endpoints = Vec::new();
         for host in hosts_for(&opts.config_path, &r.domain)? {
             let http = self.http_client(&host)?;
@@ -144,7 +146,13 @@ impl Registry {
                     headers.append(name.clone(), HeaderValue::from_str(v).map_err(|_| bad())?);
                 }
             }
-            endpoints.push(Endpoint { host, http, headers });
+            let creds = credentials_for_endpoint(&host, creds.as_ref(), &r.domain, |h| {
+                Credentials::from_docker_config(&opts.auth_file, h)
+            })?;
+            if creds.withheld_over_http {
+                tracing::debug!(host = %host.host, "credentials for registry host not sent: plain http");
+            }
+            endpoints.push(Endpoint { auth_key: host.base_url(), host, http, headers, creds });
         }
         Ok(Fetcher {
             inner: Arc::new(FetcherInner {
@@ -153,7 +161,7 @@ impl Registry {
                 repository: r.repository.clone(),
                 scope: format!("repository:{}:pull", r.repository),
                 endpoints,
-                auth: Authorizer::new(creds),
+                auth: Authorizer::default(),
                 timeout: opts.progress_timeout,
                 last_host: Mutex::new(String::new()),
             }),
@@ -215,8 +223,17 @@ struct FetcherInner {
 
 struct Endpoint {
     host: RegistryHost,
+    /// `scheme://host`, what challenges and tokens are kept under.
+    auth_key: String,
     http: reqwest::Client,
     headers: HeaderMap,
+    creds: EndpointCredentials,
+}
+
+impl Endpoint {
+    fn auth_target(&self) -> AuthTarget<'_> {
+        AuthTarget { key: &self.auth_key, host: &self.host, creds: self.creds.creds.as_ref() }
+    }
 }
 
 impl fmt::Debug for Fetcher {
@@ -453,8 +470,9 @@ impl Fetcher {
             for (k, v) in headers {
                 req = req.header(k, v);
             }
+            let target = ep.auth_target();
             if let Some(a) =
-                inner.auth.authorization(&tc, host, &inner.scope).await.map_err(|e| e.context(what))?
+                inner.auth.authorization(&tc, &target, &inner.scope).await.map_err(|e| e.context(what))?
             {
                 let mut v = HeaderValue::from_str(&a).map_err(|_| {
                     Error::invalid(format!("{what}: credentials for {host} are not valid in a header"))
@@ -468,7 +486,7 @@ impl Fetcher {
                 .map_err(|e| transport_error(what, host, e))?;
             if resp.status() == StatusCode::UNAUTHORIZED && !retried {
                 let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-                if inner.auth.unauthorized(host, challenge, &inner.scope).await {
+                if inner.auth.unauthorized(&target, challenge, &inner.scope).await {
                     retried = true;
                     continue;
                 }
@@ -487,10 +505,13 @@ impl Fetcher {
         let detail = self.error_detail(resp).await;
         Err(match status.as_u16() {
             401 => {
-                let why = if self.inner.auth.has_credentials() {
+                let why = if ep.creds.creds.is_some() {
                     "the credentials were rejected"
+                } else if ep.creds.withheld_over_http {
+                    "the registry requires credentials, and credentials are not sent over plain http \
+                     unless the registry's own hosts.toml names it with an http:// server"
                 } else {
-                    "the registry requires credentials and none were given"
+                    "the registry requires credentials and none were given for it"
                 };
                 Error::new(
                     ErrorKind::Unauthenticated,
@@ -1160,8 +1181,9 @@ mod tests {
         assert_eq!(methods, [&Method::POST, &Method::POST, &Method::GET]);
     }
 
+    // Issue 8 item 7: the registry token waits for the registry to ask for a bearer token.
     #[tokio::test]
-    async fn registry_token_is_sent_as_is() {
+    async fn registry_token_is_sent_as_is_once_asked_for() {
         let reg = FakeRegistry::start().await;
         let img = push_image(&reg);
         reg.state().auth = FakeAuth::RegistryToken("reg-tok".into());
@@ -1169,8 +1191,126 @@ mod tests {
         let creds = Credentials { registry_token: "reg-tok".into(), ..Default::default() };
         let resolved = s.registry(T).resolve(&reference(&reg, ":v1"), Some(creds)).await.unwrap();
         assert_eq!(resolved.descriptor, img.manifest);
-        assert_eq!(reg.api_requests()[0].authorization(), Some("Bearer reg-tok"));
+        resolved.fetcher.fetch_bytes(&img.config, MAX_MANIFEST_SIZE).await.unwrap();
+        let auths: Vec<Option<String>> =
+            reg.api_requests().iter().map(|r| r.authorization().map(str::to_string)).collect();
+        let token = Some("Bearer reg-tok".to_string());
+        assert_eq!(auths, [None, token.clone(), token], "challenged once, then the token");
         assert_eq!(reg.state().tokens_issued, 0);
+
+        // A registry that never asks never sees it.
+        let open = FakeRegistry::start().await;
+        push_image(&open);
+        let creds = Credentials { registry_token: "reg-tok".into(), ..Default::default() };
+        s.registry(T).resolve(&reference(&open, ":v1"), Some(creds)).await.unwrap();
+        assert!(open.api_requests().iter().all(|r| r.authorization().is_none()));
+    }
+
+    fn basic(user: &str, pass: &str) -> String {
+        let b64 =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{pass}"));
+        format!("Basic {b64}")
+    }
+
+    /// Every Authorization header `reg` received, the token endpoint's included.
+    fn authorizations(reg: &FakeRegistry) -> Vec<String> {
+        reg.state().requests.iter().filter_map(|r| r.authorization().map(str::to_string)).collect()
+    }
+
+    // Issue 8 item 7: a mirror never sees the upstream's credentials, whatever it asks for.
+    #[tokio::test]
+    async fn mirrors_never_see_the_upstreams_credentials() {
+        let upstream = FakeRegistry::start().await;
+        let img = push_image(&upstream);
+        upstream.state().auth = FakeAuth::Basic { user: "alice".into(), pass: "up-secret".into() };
+        let basic_mirror = FakeRegistry::start().await;
+        push_image(&basic_mirror);
+        basic_mirror.state().auth = FakeAuth::Basic { user: "mallory".into(), pass: "m-secret".into() };
+        let bearer_mirror = FakeRegistry::start().await;
+        push_image(&bearer_mirror);
+        bearer_mirror.state().auth =
+            FakeAuth::Bearer { creds: Some(("mallory".into(), "m-secret".into())), refresh_token: None };
+        let s = Setup::new();
+        let domain = upstream.host();
+        s.hosts_toml(
+            &domain,
+            &format!(
+                "server = \"http://{domain}\"\n\
+                 [host.\"http://{b}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+                 [host.\"http://{t}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                b = basic_mirror.host(),
+                t = bearer_mirror.host()
+            ),
+        );
+        let r = reference(&upstream, ":v1");
+        let alice =
+            Credentials { username: "alice".into(), password: "up-secret".into(), ..Default::default() };
+        let resolved = s.registry(T).resolve(&r, Some(alice.clone())).await.unwrap();
+        assert_eq!(resolved.fetcher.host(), domain, "the mirrors refused, upstream answered");
+        let blob = resolved.fetcher.fetch_blob(&img.layer, 0).await.unwrap();
+        assert_eq!(collect(blob).await.unwrap(), img.layer_body);
+
+        assert!(!basic_mirror.api_requests().is_empty() && !bearer_mirror.api_requests().is_empty());
+        assert_eq!(authorizations(&basic_mirror), Vec::<String>::new(), "basic mirror got credentials");
+        // The bearer mirror's token endpoint was asked anonymously.
+        assert_eq!(authorizations(&bearer_mirror), Vec::<String>::new(), "bearer mirror got credentials");
+        assert!(bearer_mirror.state().requests.iter().any(|r| r.path == "/token"));
+        let alices = basic("alice", "up-secret");
+        assert!(authorizations(&upstream).iter().all(|a| *a == alices));
+        assert!(!authorizations(&upstream).is_empty());
+
+        // Credentials the file has for a mirror's host go to that mirror, and only there.
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "mallory:m-secret");
+        s.file("config.json", &format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, basic_mirror.host()));
+        basic_mirror.state().requests.clear();
+        bearer_mirror.state().requests.clear();
+        let resolved = s.registry(T).resolve(&r, Some(alice)).await.unwrap();
+        assert_eq!(resolved.fetcher.host(), basic_mirror.host());
+        assert!(authorizations(&basic_mirror).iter().all(|a| *a == basic("mallory", "m-secret")));
+        assert!(!authorizations(&basic_mirror).is_empty());
+        assert!(bearer_mirror.state().requests.is_empty());
+    }
+
+    // Issue 8 item 7: credentials given for one host (AuthConfig.server_address) go there only.
+    #[tokio::test]
+    async fn credentials_for_a_server_address_go_only_there() {
+        let upstream = FakeRegistry::start().await;
+        push_image(&upstream);
+        upstream.state().auth = FakeAuth::Basic { user: "mallory".into(), pass: "m-secret".into() };
+        let mirror = FakeRegistry::start().await;
+        let img = push_image(&mirror);
+        mirror.state().auth = FakeAuth::Basic { user: "alice".into(), pass: "mirror-secret".into() };
+        let s = Setup::new();
+        let domain = upstream.host();
+        s.hosts_toml(
+            &domain,
+            &format!(
+                "server = \"http://{domain}\"\n[host.\"http://{m}\"]\n  capabilities = [\"pull\"]\n",
+                m = mirror.host()
+            ),
+        );
+        let for_mirror = Credentials {
+            username: "alice".into(),
+            password: "mirror-secret".into(),
+            server_address: format!("http://{}/", mirror.host()),
+            ..Default::default()
+        };
+        let r = reference(&upstream, &format!("@{}", img.manifest.digest));
+        let resolved = s.registry(T).resolve(&r, Some(for_mirror)).await.unwrap();
+        assert_eq!(resolved.fetcher.host(), mirror.host());
+        assert!(authorizations(&upstream).is_empty(), "upstream got the mirror's credentials");
+
+        // By tag the mirror may not resolve: upstream asks, and has no credentials to get.
+        let for_mirror = Credentials {
+            username: "alice".into(),
+            password: "mirror-secret".into(),
+            server_address: mirror.host(),
+            ..Default::default()
+        };
+        let err = s.registry(T).resolve(&reference(&upstream, ":v1"), Some(for_mirror)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+        assert!(err.to_string().contains("none were given for it"), "{err}");
+        assert!(authorizations(&upstream).is_empty(), "upstream got the mirror's credentials");
     }
 
     #[tokio::test]

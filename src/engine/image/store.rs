@@ -231,8 +231,7 @@ impl Engine {
             }
         };
         let config_bytes = self.content.read(&manifest.config.digest, MAX_CONFIG_BYTES)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::invalid(format!("invalid image config {}: {e}", manifest.config.digest)))?;
+        let config = oci::parse_config(&config_bytes).map_err(|e| e.context(&manifest.config.digest))?;
         check_manifest(&manifest, &config, &manifest_desc.digest)?;
         let size =
             manifest_desc.size + manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<i64>();

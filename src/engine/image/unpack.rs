@@ -30,8 +30,8 @@ const READ_BUFFER: usize = 1 << 20;
 
 /// Decompresses the layer `blob`, applies it to `target` and checks that the uncompressed stream
 /// hashes to `diff_id` (InvalidArgument otherwise). Fails with ResourceExhausted once more than
-/// [`DEFAULT_EXPANSION_FLOOR`] bytes came out of it and more than `max_expansion` ×
-/// `compressed_size`. On error `target` is half-written and must be discarded.
+/// [`DEFAULT_EXPANSION_FLOOR`] bytes and more than `max_expansion` × `compressed_size` came out of
+/// it, or would be written as files (sparse entries count at their logical size). On error `target` is half-written and must be discarded.
 pub fn unpack_layer(
     blob: impl Read,
     compression: Compression,
@@ -82,7 +82,9 @@ fn apply_verified(
 ) -> Result<()> {
     let guard = ExpansionGuard { inner: decoded, read: 0, limit, tripped: false };
     let mut stream = BufReader::with_capacity(READ_BUFFER, HashingReader::new(guard));
-    let applied = apply_tar(&mut stream, target, mode).and_then(|stats| {
+    // The same limit bounds what the files add up to: sparse entries expand without passing
+    // through the decompressor.
+    let applied = apply_tar(&mut stream, target, mode, limit).and_then(|stats| {
         // Whatever follows the tar end marker (padding to a record size) is part of the diff ID.
         io::copy(&mut stream, &mut io::sink())
             .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "reading layer tar stream", e))?;
@@ -251,6 +253,11 @@ impl Unpacker {
             return Ok(chain.clone());
         }
         Err(e.context(format!("unpacking layer {digest}")))
+    }
+
+    /// Whether the layer stack `chain` is already unpacked (its committed snapshot exists).
+    pub fn is_unpacked(&self, chain: &Digest) -> Result<bool> {
+        self.is_committed(&chain.to_string())
     }
 
     fn is_committed(&self, name: &str) -> Result<bool> {
@@ -547,6 +554,31 @@ mod tests {
         let err = unpacker.unpack(&[layer], &|_| Ok(()), 10).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
         assert!(f.snaps().list().unwrap().is_empty());
+    }
+
+    // Issue 8 item 13: 64 MiB of file from a few hundred bytes of layer, with no byte of it
+    // passing through the decompressor.
+    #[test]
+    fn sparse_bombs_are_refused_above_the_floor() {
+        // Overlayfs: a view shows the committed layer itself, not a copy of it.
+        let f = open(SnapshotterKind::Overlayfs);
+        let size = 64u64 << 20;
+        let tar = Layer::new().sparse("bomb", size, &[(size - 4, b"end\n")]).bytes();
+        let layer = f.blob("sparse-bomb", &tar, Compression::Gzip);
+        let unpacker = Unpacker::new(f.unpacker.snapshots().clone()).with_expansion_floor(1 << 20);
+        let err = unpacker.unpack(std::slice::from_ref(&layer), &|_| Ok(()), 10).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&layer.diff_id.to_string()) && msg.contains("sparse"), "{msg}");
+        assert!(f.snaps().list().unwrap().is_empty());
+
+        // Under the floor it unpacks, as holes.
+        let chain = f.unpacker.unpack(&[layer], &|_| Ok(()), 10).unwrap();
+        f.with_view(&chain, |root| {
+            let m = fs::metadata(root.join("bomb")).unwrap();
+            assert_eq!(m.len(), size);
+            assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+        });
     }
 
     #[test]
