@@ -477,6 +477,18 @@ async fn fetch_token(
     ctx.send(req).await?.map_err(|status| ctx.status_error(status))
 }
 
+/// The token and how long it may be used, from a token server's answer; what is wrong with the
+/// answer otherwise.
+fn token_response(body: &[u8]) -> std::result::Result<(String, Duration), &'static str> {
+    let t: TokenResponse = serde_json::from_slice(body).map_err(|_| "the answer is not a token response")?;
+    let token = if t.access_token.is_empty() { t.token } else { t.access_token };
+    if token.is_empty() {
+        return Err("the answer holds no token");
+    }
+    let lifetime = if t.expires_in == 0 { DEFAULT_TOKEN_LIFETIME } else { Duration::from_secs(t.expires_in) };
+    Ok((token, lifetime))
+}
+
 struct TokenCtx<'a> {
     tc: &'a TokenClient<'a>,
     host: &'a str,
@@ -518,14 +530,8 @@ impl TokenCtx<'_> {
             }
             body.extend_from_slice(&chunk);
         }
-        let t: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| Error::unavailable(format!("{what}: the answer is not a token response")))?;
-        let token = if t.access_token.is_empty() { t.token } else { t.access_token };
-        if token.is_empty() {
-            return Err(Error::unavailable(format!("{what}: the answer holds no token")));
-        }
-        let lifetime =
-            if t.expires_in == 0 { DEFAULT_TOKEN_LIFETIME } else { Duration::from_secs(t.expires_in) };
+        let (token, lifetime) =
+            token_response(&body).map_err(|why| Error::unavailable(format!("{what}: {why}")))?;
         Ok(Ok((token, lifetime)))
     }
 
@@ -562,6 +568,19 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
         out
     };
     pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (cargo-fuzz). Not an API: nothing in berth calls
+/// them, and they change with the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    /// What the token request makes of a token server's answer: the token and its lifetime, or
+    /// None when the request fails.
+    pub fn token_response(body: &[u8]) -> Option<(String, Duration)> {
+        super::token_response(body).ok()
+    }
 }
 
 #[cfg(test)]
