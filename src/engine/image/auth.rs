@@ -89,9 +89,10 @@ impl Credentials {
     /// [`Credentials::from_docker_config`] on the file's content (also the entry point for fuzzing
     /// the parser).
     pub fn from_docker_config_bytes(text: &[u8], host: &str) -> Result<Option<Credentials>> {
-        // serde_json's error names a position, never the content.
-        let config: DockerConfig = serde_json::from_slice(text)
-            .context_kind(ErrorKind::InvalidArgument, || "invalid json".to_string())?;
+        // Only where: serde_json's message may quote a value of the file, which may be a secret.
+        let config: DockerConfig = serde_json::from_slice(text).map_err(|e| {
+            Error::invalid(format!("invalid json at line {} column {}", e.line(), e.column()))
+        })?;
         for (key, a) in config.auths.iter().filter(|(k, _)| same_registry_host(k, host)) {
             let mut c = Credentials {
                 username: a.username.clone(),
@@ -656,6 +657,23 @@ mod tests {
     }
 
     // Issue 8 item 7: an endpoint gets the credentials of its own host, never another's.
+    /// Found by the registry_auth fuzz target (fuzz/seeds/registry_auth/error_quotes_a_value):
+    /// serde_json's message quotes a string found where another type belongs, and in a
+    /// malformed config.json that string may be a secret.
+    #[test]
+    fn invalid_docker_configs_are_refused_without_quoting_their_values() {
+        for (text, value) in [
+            (&br#""username""#[..], "username"),
+            (br#"{"auths": {"quay.io": "dXNlcjpzM2NyZXQ="}}"#, "dXNlcjpzM2NyZXQ="),
+            (br#"{"auths": ["s3cret-token"]}"#, "s3cret-token"),
+        ] {
+            let err = Credentials::from_docker_config_bytes(text, "quay.io").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.to_string().starts_with("invalid json at line 1 column "), "{err}");
+            assert!(!err.to_string().contains(value) && !format!("{err:?}").contains(value), "{err:?}");
+        }
+    }
+
     #[test]
     fn credentials_go_only_to_their_own_host() {
         let file = |host: &str| -> Result<Option<Credentials>> {
