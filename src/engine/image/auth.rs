@@ -292,6 +292,8 @@ struct TokenResponse {
 
 /// How long a token without `expires_in` is used (the distribution spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is used, whatever its `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The most of a token server's answer that is read.
 const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 
@@ -486,7 +488,12 @@ fn token_response(body: &[u8]) -> std::result::Result<(String, Duration), &'stat
     if token.is_empty() {
         return Err("the answer holds no token");
     }
-    let lifetime = if t.expires_in == 0 { DEFAULT_TOKEN_LIFETIME } else { Duration::from_secs(t.expires_in) };
+    let lifetime = match t.expires_in {
+        0 => DEFAULT_TOKEN_LIFETIME,
+        // A day at most: an Instant cannot hold any number of seconds from now, and a 401
+        // drops the token sooner anyway.
+        secs => Duration::from_secs(secs.min(MAX_TOKEN_LIFETIME.as_secs())),
+    };
     Ok((token, lifetime))
 }
 
@@ -672,6 +679,22 @@ mod tests {
             assert!(err.to_string().starts_with("invalid json at line 1 column "), "{err}");
             assert!(!err.to_string().contains(value) && !format!("{err:?}").contains(value), "{err:?}");
         }
+    }
+
+    /// Seen while writing the registry_auth fuzz target (fuzz/seeds/registry_auth/token_expires_never):
+    /// the token cache adds the lifetime to the clock, which panicked past what an Instant holds.
+    #[test]
+    fn token_lifetimes_fit_the_clock() {
+        for body in [
+            &br#"{"token":"a","expires_in":9223372036854775807}"#[..],
+            br#"{"access_token":"a","expires_in":18446744073709551615}"#,
+        ] {
+            let (token, lifetime) = token_response(body).unwrap();
+            assert_eq!(token, "a");
+            assert!(Instant::now().checked_add(lifetime).is_some(), "{lifetime:?}");
+        }
+        assert_eq!(token_response(br#"{"token":"a"}"#).unwrap().1, DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_response(br#"{"token":"a","expires_in":300}"#).unwrap().1, Duration::from_secs(300));
     }
 
     #[test]
