@@ -5,13 +5,19 @@
 //! the client goes away. Attach: a running container's output reaches the client and the client's
 //! input reaches the container. PortForward: a server inside the pod's network namespace answers
 //! both ways, over two connections at once. Tokens are single-use and expire; unknown or stopped
-//! targets are refused with the CRI error codes. If crictl is installed (PATH or the critest kit)
-//! the Go client does the same through `crictl exec -it`, `crictl attach` and `crictl port-forward`.
+//! targets are refused with the CRI error codes. A hostile SPDY client with a valid token (the
+//! header-block bomb of issue 8) is answered with GOAWAY and leaves berthd up with its memory
+//! bounded. If crictl is installed (PATH or the critest kit) the Go client does the same through
+//! `crictl exec -it`, `crictl attach` and `crictl port-forward`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use berth::streaming::spdy::frame::goaway;
+use berth::streaming::spdy::{Frame, FrameDecoder, FrameEncoder, Headers};
+use bytes::BytesMut;
+use k8s_cri::v1::VersionRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -499,6 +505,95 @@ async fn tokens_are_single_use_and_expire_and_bad_targets_are_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let err = s.cri.attach_url(&done, false, false, true).await.expect_err("Attach to a stopped container");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    s.finish().await;
+}
+
+/// VmHWM (the peak) and VmRSS of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {path}:\n{status}"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// What berthd's peak memory may grow by while it refuses the bomb: nothing like the 256 GiB the
+/// bomb asks for, with room for allocator noise and the sessions around it.
+const BOMB_GROWTH_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spdy_header_bomb_is_refused_and_berthd_stays_up_with_bounded_memory() {
+    let mut s = setup("bomb", None).await;
+    let id = s.sh("main", "exec sleep 100000").await;
+    let echo = &["echo", "hi"][..];
+    // One ordinary session first, so what any session costs is in the baseline.
+    let url = s.cri.exec_url(&id, echo, false, false, false).await.expect("Exec");
+    let c = SpdyCommand::connect(&url, Want { stdout: true, ..Want::default() }).await;
+    assert_eq!(read_all(c.stdout()).await, b"hi\n");
+    drop(c);
+    let pid = s.berthd.pid().expect("berthd is running");
+    let (peak_before, rss_before) = memory_kib(pid);
+
+    // The bomb, with a valid token: one SYN_STREAM of about 2 KB whose header block inflates to
+    // a name of almost 512 KiB with a value of as many NULs, which is one value per NUL: a copy
+    // of the name for each was 256 GiB. (Just under 512 KiB each, so the block fits the 1 MiB
+    // limit berth had before; exactly 512 KiB was refused by that limit already.)
+    let url = s.cri.exec_url(&id, echo, false, false, false).await.expect("Exec");
+    let (head, mut tcp) = stream::spdy_upgrade_raw(&url, stream::SPDY_PROTOCOLS).await;
+    assert!(head.starts_with("http/1.1 101"), "no SPDY upgrade:\n{head}");
+    let n = (512 << 10) - 16;
+    let bomb = Frame::SynStream {
+        stream_id: 1,
+        associated_to: 0,
+        priority: 0,
+        flags: 0,
+        headers: Headers::new().with(&"a".repeat(n), &"\0".repeat(n)),
+    };
+    let mut wire = BytesMut::new();
+    FrameEncoder::new().encode(&bomb, &mut wire).expect("encoding the bomb");
+    assert!(wire.len() < 4096, "the bomb is {} bytes on the wire", wire.len());
+    tcp.write_all(&wire).await.expect("sending the bomb");
+    // berthd answers GOAWAY (protocol error) and closes the connection.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("berthd neither answered nor closed the bomb's connection");
+    read.unwrap_or_else(|e| {
+        panic!("reading berthd's answer to the bomb ({} bytes so far): {e}", answer.len())
+    });
+    let mut buf = BytesMut::from(&answer[..]);
+    let mut frames = Vec::new();
+    let mut decoder = FrameDecoder::new();
+    while let Ok(Some(f)) = decoder.decode(&mut buf) {
+        frames.push(f);
+    }
+    assert!(
+        frames.iter().any(|f| matches!(f, Frame::GoAway { status: goaway::PROTOCOL_ERROR, .. })),
+        "berthd's answer to the bomb: {frames:?}"
+    );
+
+    // berthd is up, answers, and did not grow with what the bomb asked for.
+    s.cri.runtime.version(VersionRequest::default()).await.expect("Version after the bomb");
+    assert_eq!(s.berthd.pid(), Some(pid), "berthd restarted");
+    let (peak_after, rss_after) = memory_kib(pid);
+    eprintln!(
+        "berthd memory around the bomb: peak {peak_before} -> {peak_after} KiB, rss {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        peak_after <= peak_before + BOMB_GROWTH_KIB,
+        "berthd's peak memory grew from {peak_before} KiB to {peak_after} KiB on one bomb"
+    );
+    // A later exec works.
+    let url = s.cri.exec_url(&id, echo, false, false, false).await.expect("Exec after the bomb");
+    let c = SpdyCommand::connect(&url, Want { stdout: true, ..Want::default() }).await;
+    assert_eq!(read_all(c.stdout()).await, b"hi\n");
+    assert_eq!(exit_code(&c.status().await), 0);
+    drop(c);
     s.finish().await;
 }
 

@@ -75,6 +75,15 @@ impl SpdyUpgrade {
 
 /// POSTs `url` asking for `Upgrade: SPDY/3.1` with the subprotocols `protocols`, as client-go does.
 pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> SpdyUpgrade {
+    let (head, tcp) = spdy_upgrade_raw(url, protocols).await;
+    let session =
+        head.starts_with("http/1.1 101").then(|| Session::new(tcp, Role::Client, SessionConfig::default()));
+    SpdyUpgrade { head, session }
+}
+
+/// [`spdy_upgrade`] without a session on top: the response head (lowercased) and the connection,
+/// for tests that write frames of their own making.
+pub async fn spdy_upgrade_raw(url: &str, protocols: &[&str]) -> (String, TcpStream) {
     let (addr, path) = split_url(url);
     let mut tcp = connect(&addr).await;
     let mut req = format!(
@@ -87,9 +96,7 @@ pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> SpdyUpgrade {
     req.push_str("\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap_or_else(|e| panic!("sending the upgrade to {addr}: {e}"));
     let head = read_head(&mut tcp).await;
-    let session =
-        head.starts_with("http/1.1 101").then(|| Session::new(tcp, Role::Client, SessionConfig::default()));
-    SpdyUpgrade { head, session }
+    (head, tcp)
 }
 
 /// Opens a stream with `headers` and waits for the server's reply.

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use crate::error::Result;
 
 mod cache;
+#[doc(hidden)]
+pub mod fuzzing;
 mod portforward;
 mod relay;
 mod remotecommand;

@@ -109,31 +109,55 @@ struct WireSize {
 /// Turns the resize channel's JSON objects (`{"Width":80,"Height":24}`, one after another, split
 /// anywhere) into terminal sizes for the backend.
 pub(crate) async fn pump_resize(mut source: Box<dyn Source>, sizes: mpsc::Sender<TermSize>) {
-    let mut backlog: Vec<u8> = Vec::new();
+    let mut parser = ResizeParser::default();
+    let mut parsed = Vec::new();
     while let Some(data) = source.read().await {
-        backlog.extend_from_slice(&data);
-        let mut objects = serde_json::Deserializer::from_slice(&backlog).into_iter::<WireSize>();
+        let fed = parser.feed(&data, &mut parsed);
+        for size in parsed.drain(..) {
+            if sizes.send(size).await.is_err() {
+                return;
+            }
+        }
+        if let Err(why) = fed {
+            tracing::debug!(why, "giving up on a resize channel");
+            return;
+        }
+    }
+}
+
+/// The resize channel's parser: bytes in, whole sizes out, the start of an object kept for the
+/// next bytes (at most [`MAX_RESIZE_BACKLOG`] of it).
+#[derive(Default)]
+pub(crate) struct ResizeParser {
+    backlog: Vec<u8>,
+}
+
+impl ResizeParser {
+    /// Appends to `out` the sizes `data` completes. An error once the channel carried something
+    /// other than sizes, or an object longer than [`MAX_RESIZE_BACKLOG`]: the channel is then
+    /// given up (the sizes before the error are still in `out`).
+    pub(crate) fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<TermSize>,
+    ) -> std::result::Result<(), &'static str> {
+        self.backlog.extend_from_slice(data);
+        let mut objects = serde_json::Deserializer::from_slice(&self.backlog).into_iter::<WireSize>();
         loop {
             match objects.next() {
-                Some(Ok(s)) => {
-                    if sizes.send(TermSize { width: s.width, height: s.height }).await.is_err() {
-                        return;
-                    }
-                }
+                Some(Ok(s)) => out.push(TermSize { width: s.width, height: s.height }),
+                // An object cut short: the rest comes with the next bytes.
                 Some(Err(e)) if e.is_eof() => break,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "giving up on a resize channel carrying something other than sizes");
-                    return;
-                }
+                Some(Err(_)) => return Err("the channel carries something other than sizes"),
                 None => break,
             }
         }
         let used = objects.byte_offset();
-        backlog.drain(..used);
-        if backlog.len() > MAX_RESIZE_BACKLOG {
-            tracing::debug!("giving up on a resize channel with an endless object");
-            return;
+        self.backlog.drain(..used);
+        if self.backlog.len() > MAX_RESIZE_BACKLOG {
+            return Err("the channel carries an endless object");
         }
+        Ok(())
     }
 }
 

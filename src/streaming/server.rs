@@ -380,7 +380,7 @@ fn route(inner: &Arc<Inner>, mut req: Request<Incoming>) -> Response<Full<Bytes>
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
             };
-            let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
+            let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(websocket::config())).await;
             match session {
                 Pending::RemoteCommand(command, opts) => {
                     remotecommand::serve_websocket(ws, protocol, backend, command, opts, STREAM_IDLE_TIMEOUT)
@@ -1041,6 +1041,27 @@ mod tests {
         let channels = ws_collect(&mut ws).await;
         assert_eq!(channels[&1], b"hello world");
         assert_eq!(channels[&3], SUCCESS);
+    }
+
+    #[tokio::test]
+    async fn websocket_messages_over_the_limit_end_the_session() {
+        let h = start(DEFAULT_TOKEN_TTL).await;
+        let url = h.server.get_exec(exec(&["cat"], false, true, false)).unwrap();
+        let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+        let mut big = vec![b'x'; websocket::MAX_MESSAGE + 1];
+        big[0] = 0;
+        // The server may cut the connection while this is still going out.
+        let _ = ws.send(Message::binary(big)).await;
+        let _ = ws.send(Message::binary(vec![255, 0])).await;
+        let mut echoed = 0;
+        while let Some(Ok(msg)) = tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            if let Message::Binary(b) = msg
+                && b.first() == Some(&1)
+            {
+                echoed += b.len() - 1;
+            }
+        }
+        assert_eq!(echoed, 0, "a message over the limit reached the process");
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! digit followed by base64 text); `v5.channel.k8s.io` adds a close signal (255, then the channel
 //! to close). Also the byte-stream adapter for SPDY tunnelled in WebSocket binary messages
 //! (`SPDY/3.1+portforward.k8s.io`). This module only moves bytes; it must never decide what a
-//! channel means.
+//! channel means, nor hold more of what a client sends than [`MAX_MESSAGE`] per message and
+//! [`CHANNEL_BUFFER`] per channel.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,12 +15,12 @@ use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{Sink, Source};
@@ -29,6 +30,28 @@ use crate::error::{Error, Result};
 const CLOSE_SIGNAL: u8 = 255;
 /// After our close frame, how long the client gets to answer before the connection is dropped.
 const LINGER: Duration = Duration::from_secs(5);
+/// The largest message (and frame) a client may send; a larger one ends the connection. The
+/// clients send what they read in one go (32 KiB buffers in client-go and kubectl), and
+/// tungstenite's defaults (64 MiB messages, 16 MiB frames) are buffered whole before we see them.
+pub(crate) const MAX_MESSAGE: usize = 1 << 20;
+/// Bytes of client data waiting for one channel's reader; past it the connection is not read
+/// until the reader catches up (a message larger than this waits for an empty channel).
+pub(crate) const CHANNEL_BUFFER: usize = 256 * 1024;
+/// Messages waiting for one channel's reader, whatever their size.
+const CHANNEL_MESSAGES: usize = 16;
+/// What tungstenite may buffer toward a client that does not read: our own messages are at most
+/// a relay buffer's worth (32 KiB, a third more in base64), and its pongs replace one another
+/// once this is full instead of piling up.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+/// The WebSocket limits of every streaming connection.
+pub(crate) fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+}
 
 /// How channel data travels in messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +100,8 @@ impl ChannelConn {
         let mut senders = HashMap::new();
         let mut sources = HashMap::new();
         for &ch in readable {
-            let (tx, rx) = mpsc::channel(16);
-            senders.insert(ch, tx);
+            let (tx, rx) = mpsc::channel(CHANNEL_MESSAGES);
+            senders.insert(ch, ChannelQueue { tx, room: Arc::new(Semaphore::new(CHANNEL_BUFFER)) });
             sources.insert(ch, ChannelSource { rx });
         }
         let gone = CancellationToken::new();
@@ -128,7 +151,7 @@ async fn write_loop<S>(
 
 async fn read_loop<S>(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    mut senders: HashMap<u8, mpsc::Sender<Bytes>>,
+    mut senders: HashMap<u8, ChannelQueue>,
     codec: Codec,
     close_signal: bool,
     idle_timeout: Duration,
@@ -148,41 +171,71 @@ async fn read_loop<S>(
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
+                // Among others, a message or frame over MAX_MESSAGE.
                 tracing::debug!(error = %e, "websocket read failed");
                 break;
             }
             Ok(Some(Ok(msg))) => msg,
         };
-        let data = match (msg, codec) {
-            (Message::Binary(b), _) => b,
-            (Message::Text(t), Codec::Binary) => Bytes::copy_from_slice(t.as_bytes()),
-            (Message::Text(t), Codec::Base64) => match decode_base64(t.as_bytes()) {
-                Some(b) => b,
-                None => continue,
-            },
+        let incoming = match msg {
+            Message::Binary(b) => parse_message(b, false, codec, close_signal),
+            Message::Text(t) => parse_message(t.into(), true, codec, close_signal),
             // Pings are answered by tungstenite; after a close the stream ends.
             _ => continue,
         };
-        if data.is_empty() {
-            continue;
-        }
-        if close_signal && data[0] == CLOSE_SIGNAL {
-            if data.len() != 2 {
-                tracing::debug!(len = data.len(), "malformed websocket close signal");
-                break;
+        match incoming {
+            Incoming::Data(ch, data) => {
+                if let Some(queue) = senders.get(&ch)
+                    && !queue.send(data).await
+                {
+                    senders.remove(&ch);
+                }
             }
             // The client will send nothing more on this channel: its reader sees the end.
-            senders.remove(&data[1]);
-            continue;
-        }
-        let ch = data[0];
-        if let Some(tx) = senders.get(&ch)
-            && tx.send(data.slice(1..)).await.is_err()
-        {
-            senders.remove(&ch);
+            Incoming::Close(ch) => {
+                senders.remove(&ch);
+            }
+            Incoming::Ignored => {}
+            Incoming::Malformed(why) => {
+                tracing::debug!(why, "malformed websocket message");
+                break;
+            }
         }
     }
     gone.cancel();
+}
+
+/// What one message from the client says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// Data for a channel (the channel byte taken off).
+    Data(u8, Bytes),
+    /// The v5 close signal for a channel.
+    Close(u8),
+    /// Nothing to act on: empty, or not decodable in the codec (the kubelet skips those too).
+    Ignored,
+    /// Something the connection cannot go on after.
+    Malformed(&'static str),
+}
+
+/// Reads one data message (`text` for a text message) the way the channel protocol of `codec`
+/// and `close_signal` (v5) says.
+pub(crate) fn parse_message(payload: Bytes, text: bool, codec: Codec, close_signal: bool) -> Incoming {
+    let data = match (text, codec) {
+        (true, Codec::Base64) => match decode_base64(&payload) {
+            Some(b) => b,
+            None => return Incoming::Ignored,
+        },
+        _ => payload,
+    };
+    let Some(&ch) = data.first() else { return Incoming::Ignored };
+    if close_signal && ch == CLOSE_SIGNAL {
+        return match data.len() {
+            2 => Incoming::Close(data[1]),
+            _ => Incoming::Malformed("a close signal is two bytes"),
+        };
+    }
+    Incoming::Data(ch, data.slice(1..))
 }
 
 /// A base64-codec message back into the channel byte and the data.
@@ -194,6 +247,23 @@ fn decode_base64(text: &[u8]) -> Option<Bytes> {
     out.put_u8(ch);
     out.put_slice(&data);
     Some(out.freeze())
+}
+
+/// The read loop's end of one channel from the client: each message holds its size (up to
+/// [`CHANNEL_BUFFER`]) of the channel's room until its reader takes it.
+struct ChannelQueue {
+    tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+impl ChannelQueue {
+    /// Queues `data`, waiting for room; false once the channel's reader is gone (dropping the
+    /// reader drops what it had queued, which gives the room back).
+    async fn send(&self, data: Bytes) -> bool {
+        let size = data.len().clamp(1, CHANNEL_BUFFER) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(size).await else { return false };
+        self.tx.send((data, permit)).await.is_ok()
+    }
 }
 
 /// One channel toward the client.
@@ -230,13 +300,14 @@ impl Sink for ChannelSink {
 
 /// One channel from the client.
 pub(crate) struct ChannelSource {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>,
 }
 
 #[async_trait::async_trait]
 impl Source for ChannelSource {
     async fn read(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        // The permit goes with the message: its room is free again once it is taken.
+        self.rx.recv().await.map(|(data, _room)| data)
     }
 }
 
@@ -293,7 +364,7 @@ mod tests {
     async fn pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         (
-            WebSocketStream::from_raw_socket(a, Role::Server, None).await,
+            WebSocketStream::from_raw_socket(a, Role::Server, Some(config())).await,
             WebSocketStream::from_raw_socket(b, Role::Client, None).await,
         )
     }
@@ -334,6 +405,111 @@ mod tests {
         assert_eq!(sources.get_mut(&0).unwrap().read().await.unwrap(), Bytes::from_static(b"hello"));
         conn.sink(2).write(b"\xffbin").await.unwrap();
         assert_eq!(client.next().await.unwrap().unwrap(), Message::text("2/2Jpbg=="));
+    }
+
+    #[tokio::test]
+    async fn messages_and_frames_over_the_limit_end_the_connection() {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+        // A message of exactly the limit (channel byte included) goes through.
+        let (server, mut client) = pair().await;
+        let (_conn, mut sources) =
+            ChannelConn::open(server, Codec::Binary, &[0], false, Duration::from_secs(60));
+        let mut msg = vec![0u8; MAX_MESSAGE];
+        msg[1] = 1;
+        client.send(Message::binary(msg)).await.unwrap();
+        let mut got = 0;
+        while got < MAX_MESSAGE - 1 {
+            got += sources.get_mut(&0).unwrap().read().await.unwrap().len();
+        }
+
+        // One byte more, in one frame: nothing of it reaches the channel, the connection ends.
+        let (server, mut client) = pair().await;
+        let (conn, mut sources) =
+            ChannelConn::open(server, Codec::Binary, &[0], false, Duration::from_secs(60));
+        let sending = tokio::spawn(async move {
+            let _ = client.send(Message::binary(vec![0u8; MAX_MESSAGE + 1])).await;
+            client
+        });
+        let got = sources.get_mut(&0).unwrap().read().await.map(|b| b.len());
+        assert_eq!(got, None, "an oversized frame was delivered");
+        conn.done().await;
+        drop(sending);
+
+        // Frames under the limit adding up to a message over it: the same.
+        let (server, mut client) = pair().await;
+        let (conn, mut sources) =
+            ChannelConn::open(server, Codec::Base64, &[0], false, Duration::from_secs(60));
+        let sending = tokio::spawn(async move {
+            let part = vec![b'A'; MAX_MESSAGE / 2];
+            let mut first = part.clone();
+            first[0] = b'0';
+            let frames = [
+                Frame::message(first, OpCode::Data(Data::Text), false),
+                Frame::message(part.clone(), OpCode::Data(Data::Continue), false),
+                Frame::message(part, OpCode::Data(Data::Continue), true),
+            ];
+            for f in frames {
+                if client.send(Message::Frame(f)).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let got = sources.get_mut(&0).unwrap().read().await.map(|b| b.len());
+        assert_eq!(got, None, "an oversized message was delivered");
+        conn.done().await;
+        drop(sending);
+    }
+
+    #[tokio::test]
+    async fn a_channel_queue_holds_at_most_its_room() {
+        use futures_util::FutureExt;
+
+        let (tx, rx) = mpsc::channel(CHANNEL_MESSAGES);
+        let queue = ChannelQueue { tx, room: Arc::new(Semaphore::new(CHANNEL_BUFFER)) };
+        let mut source = ChannelSource { rx };
+        let part = Bytes::from(vec![1u8; CHANNEL_BUFFER / 2]);
+        assert_eq!(queue.send(part.clone()).now_or_never(), Some(true));
+        assert_eq!(queue.send(part.clone()).now_or_never(), Some(true));
+        // The room is full: one byte more waits for the reader.
+        assert_eq!(queue.send(Bytes::from_static(b"x")).now_or_never(), None);
+        assert_eq!(source.read().await.unwrap().len(), CHANNEL_BUFFER / 2);
+        assert_eq!(queue.send(Bytes::from_static(b"x")).now_or_never(), Some(true));
+        // A message larger than the room waits until the channel is empty.
+        let huge = Bytes::from(vec![2u8; 3 * CHANNEL_BUFFER]);
+        assert_eq!(queue.send(huge.clone()).now_or_never(), None);
+        source.read().await.unwrap();
+        assert_eq!(queue.send(huge.clone()).now_or_never(), None);
+        assert_eq!(source.read().await.unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(queue.send(huge).now_or_never(), Some(true));
+        assert_eq!(queue.send(Bytes::from_static(b"y")).now_or_never(), None);
+        // A reader gone gives its room back, and the queue says so.
+        drop(source);
+        assert_eq!(queue.send(Bytes::from_static(b"y")).now_or_never(), Some(false));
+    }
+
+    #[tokio::test]
+    async fn a_channel_nobody_reads_stops_the_connection_being_read() {
+        let (server, mut client) = pair().await;
+        let (_conn, mut sources) =
+            ChannelConn::open(server, Codec::Binary, &[0], false, Duration::from_secs(60));
+        // Two messages filling more than a channel's room, then a ping: the ping is answered only
+        // once the connection is read again.
+        let mut msg = vec![7u8; CHANNEL_BUFFER * 3 / 4];
+        msg[0] = 0;
+        client.send(Message::binary(msg.clone())).await.unwrap();
+        client.send(Message::binary(msg)).await.unwrap();
+        client.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), client.next()).await.is_err(),
+            "the server read past a full channel"
+        );
+        let mut stdin = sources.remove(&0).unwrap();
+        assert_eq!(stdin.read().await.unwrap().len(), CHANNEL_BUFFER * 3 / 4 - 1);
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::Pong(Bytes::from_static(b"p")));
+        assert_eq!(stdin.read().await.unwrap().len(), CHANNEL_BUFFER * 3 / 4 - 1);
     }
 
     #[tokio::test]

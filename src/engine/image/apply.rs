@@ -645,8 +645,8 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     }
     let tv_nsec = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
     if tv_sec < 0 && tv_nsec > 0 {
-        // "-1.5" is 1.5 s before the epoch.
-        return Some(Timespec { tv_sec: tv_sec - 1, tv_nsec: 1_000_000_000 - tv_nsec });
+        // "-1.5" is 1.5 s before the epoch; a fraction before the earliest second is no time.
+        return Some(Timespec { tv_sec: tv_sec.checked_sub(1)?, tv_nsec: 1_000_000_000 - tv_nsec });
     }
     Some(Timespec { tv_sec, tv_nsec })
 }
@@ -1266,6 +1266,20 @@ mod tests {
         assert!(clean(b"a/../b").is_none());
         assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
         assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+    }
+
+    /// Seen while writing the layer_tar fuzz target (fuzz/seeds/layer_tar/pax_mtime_min): a
+    /// fraction before the earliest second a timespec holds overflowed.
+    #[test]
+    fn pax_times_before_the_earliest_timespec_are_ignored() {
+        assert!(parse_pax_time(b"-9223372036854775808.5").is_none());
+        let t = parse_pax_time(b"-9223372036854775808").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (i64::MIN, 0));
+        let env = setup();
+        let mut layer = Layer::new();
+        layer.pax(&[("mtime", b"-9223372036854775808.5")]).file("f", b"x");
+        env.apply(&mut layer, WhiteoutMode::Delete).unwrap();
+        assert_eq!(fs::read(env.root.join("f")).unwrap(), b"x");
     }
 
     #[test]

@@ -89,9 +89,10 @@ impl Credentials {
     /// [`Credentials::from_docker_config`] on the file's content (also the entry point for fuzzing
     /// the parser).
     pub fn from_docker_config_bytes(text: &[u8], host: &str) -> Result<Option<Credentials>> {
-        // serde_json's error names a position, never the content.
-        let config: DockerConfig = serde_json::from_slice(text)
-            .context_kind(ErrorKind::InvalidArgument, || "invalid json".to_string())?;
+        // Only where: serde_json's message may quote a value of the file, which may be a secret.
+        let config: DockerConfig = serde_json::from_slice(text).map_err(|e| {
+            Error::invalid(format!("invalid json at line {} column {}", e.line(), e.column()))
+        })?;
         for (key, a) in config.auths.iter().filter(|(k, _)| same_registry_host(k, host)) {
             let mut c = Credentials {
                 username: a.username.clone(),
@@ -291,6 +292,8 @@ struct TokenResponse {
 
 /// How long a token without `expires_in` is used (the distribution spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is used, whatever its `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The most of a token server's answer that is read.
 const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 
@@ -477,6 +480,23 @@ async fn fetch_token(
     ctx.send(req).await?.map_err(|status| ctx.status_error(status))
 }
 
+/// The token and how long it may be used, from a token server's answer; what is wrong with the
+/// answer otherwise.
+fn token_response(body: &[u8]) -> std::result::Result<(String, Duration), &'static str> {
+    let t: TokenResponse = serde_json::from_slice(body).map_err(|_| "the answer is not a token response")?;
+    let token = if t.access_token.is_empty() { t.token } else { t.access_token };
+    if token.is_empty() {
+        return Err("the answer holds no token");
+    }
+    let lifetime = match t.expires_in {
+        0 => DEFAULT_TOKEN_LIFETIME,
+        // A day at most: an Instant cannot hold any number of seconds from now, and a 401
+        // drops the token sooner anyway.
+        secs => Duration::from_secs(secs.min(MAX_TOKEN_LIFETIME.as_secs())),
+    };
+    Ok((token, lifetime))
+}
+
 struct TokenCtx<'a> {
     tc: &'a TokenClient<'a>,
     host: &'a str,
@@ -518,14 +538,8 @@ impl TokenCtx<'_> {
             }
             body.extend_from_slice(&chunk);
         }
-        let t: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| Error::unavailable(format!("{what}: the answer is not a token response")))?;
-        let token = if t.access_token.is_empty() { t.token } else { t.access_token };
-        if token.is_empty() {
-            return Err(Error::unavailable(format!("{what}: the answer holds no token")));
-        }
-        let lifetime =
-            if t.expires_in == 0 { DEFAULT_TOKEN_LIFETIME } else { Duration::from_secs(t.expires_in) };
+        let (token, lifetime) =
+            token_response(&body).map_err(|why| Error::unavailable(format!("{what}: {why}")))?;
         Ok(Ok((token, lifetime)))
     }
 
@@ -562,6 +576,19 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
         out
     };
     pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (cargo-fuzz). Not an API: nothing in berth calls
+/// them, and they change with the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    /// What the token request makes of a token server's answer: the token and its lifetime, or
+    /// None when the request fails.
+    pub fn token_response(body: &[u8]) -> Option<(String, Duration)> {
+        super::token_response(body).ok()
+    }
 }
 
 #[cfg(test)]
@@ -637,6 +664,39 @@ mod tests {
     }
 
     // Issue 8 item 7: an endpoint gets the credentials of its own host, never another's.
+    /// Found by the registry_auth fuzz target (fuzz/seeds/registry_auth/error_quotes_a_value):
+    /// serde_json's message quotes a string found where another type belongs, and in a
+    /// malformed config.json that string may be a secret.
+    #[test]
+    fn invalid_docker_configs_are_refused_without_quoting_their_values() {
+        for (text, value) in [
+            (&br#""username""#[..], "username"),
+            (br#"{"auths": {"quay.io": "dXNlcjpzM2NyZXQ="}}"#, "dXNlcjpzM2NyZXQ="),
+            (br#"{"auths": ["s3cret-token"]}"#, "s3cret-token"),
+        ] {
+            let err = Credentials::from_docker_config_bytes(text, "quay.io").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.to_string().starts_with("invalid json at line 1 column "), "{err}");
+            assert!(!err.to_string().contains(value) && !format!("{err:?}").contains(value), "{err:?}");
+        }
+    }
+
+    /// Seen while writing the registry_auth fuzz target (fuzz/seeds/registry_auth/token_expires_never):
+    /// the token cache adds the lifetime to the clock, which panicked past what an Instant holds.
+    #[test]
+    fn token_lifetimes_fit_the_clock() {
+        for body in [
+            &br#"{"token":"a","expires_in":9223372036854775807}"#[..],
+            br#"{"access_token":"a","expires_in":18446744073709551615}"#,
+        ] {
+            let (token, lifetime) = token_response(body).unwrap();
+            assert_eq!(token, "a");
+            assert!(Instant::now().checked_add(lifetime).is_some(), "{lifetime:?}");
+        }
+        assert_eq!(token_response(br#"{"token":"a"}"#).unwrap().1, DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_response(br#"{"token":"a","expires_in":300}"#).unwrap().1, Duration::from_secs(300));
+    }
+
     #[test]
     fn credentials_go_only_to_their_own_host() {
         let file = |host: &str| -> Result<Option<Credentials>> {

@@ -1094,6 +1094,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tokens_that_never_expire_are_kept_without_overflowing_the_clock() {
+        let reg = FakeRegistry::start().await;
+        let img = push_image(&reg);
+        reg.state().auth = FakeAuth::Bearer { creds: None, refresh_token: None };
+        reg.state().token_expires_in = Some(u64::MAX);
+        let s = Setup::new();
+        let f = s.registry(T).resolve(&reference(&reg, ":v1"), None).await.unwrap().fetcher;
+        f.fetch_bytes(&img.config, MAX_MANIFEST_SIZE).await.unwrap();
+        assert_eq!(reg.state().tokens_issued, 1);
+    }
+
+    #[tokio::test]
     async fn bearer_with_basic_credentials() {
         let reg = FakeRegistry::start().await;
         let img = push_image(&reg);

@@ -4,6 +4,8 @@
 //! bytes into [`Frame`]s and back; it keeps no stream state and must never block or panic on what
 //! a peer sends: every malformed input is an error for the session to answer.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -17,13 +19,25 @@ const DICTIONARY: &[u8] = include_bytes!("dictionary.bin");
 
 /// The largest payload the 24-bit length field can describe.
 pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
-/// The largest control frame payload accepted. Real clients send header blocks of tens of bytes;
-/// the bound keeps a hostile peer from making us buffer megabytes before we can refuse it.
-pub const MAX_CONTROL_PAYLOAD: usize = 1 << 20;
-/// The largest decompressed header block accepted (zlib can inflate a thousandfold).
-pub const MAX_HEADER_BLOCK: usize = 1 << 20;
-/// The most name/value pairs in one header block (spdystream's limit too).
+/// The largest decompressed header block accepted. Kubernetes clients send a few short headers
+/// (`streamType`, `port`, `requestID`: well under 100 bytes); zlib can inflate a thousandfold, and
+/// a peer may hold a block like this on each of its streams.
+pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
+/// The largest control frame payload accepted: a header block no larger than [`MAX_HEADER_BLOCK`]
+/// compresses into less than this (deflate's worst case adds a few bytes per 16 KiB), and the
+/// bound keeps a hostile peer from making us buffer more before we can refuse it.
+pub const MAX_CONTROL_PAYLOAD: usize = 2 * MAX_HEADER_BLOCK;
+/// The most name/value pairs in one header block, counted after splitting NUL-separated values
+/// (spdystream's limit on names too).
 pub const MAX_HEADER_COUNT: usize = 1000;
+/// The largest piece of a DATA frame handed out at once. A longer frame is handed out in pieces
+/// as its bytes arrive, so its length field never makes us reserve memory: spdystream (every
+/// kubelet and client-go) sends a whole `Write` as one frame, up to 16 MiB, so refusing long
+/// frames would break real clients. One piece is one stream window.
+pub const MAX_DATA_PIECE: usize = 64 * 1024;
+/// The least of a long DATA frame worth handing out before the rest arrives (fewer, larger
+/// pieces when bytes trickle in).
+const MIN_DATA_PIECE: usize = 16 * 1024;
 
 /// FIN on SYN_STREAM, SYN_REPLY, HEADERS and DATA: the sender sends nothing more on the stream.
 pub const FLAG_FIN: u8 = 0x01;
@@ -64,9 +78,10 @@ const TYPE_HEADERS: u16 = 8;
 const TYPE_WINDOW_UPDATE: u16 = 9;
 
 /// The name/value pairs of a header block, in order. Names are lowercase on the wire (peers such
-/// as spdystream reject anything else), so they are lowercased on the way in and out.
+/// as spdystream reject anything else), so they are lowercased on the way in and out. The values
+/// of one name share one copy of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(Arc<str>, String)>);
 
 impl Headers {
     /// No headers.
@@ -76,7 +91,7 @@ impl Headers {
 
     /// Adds a value for `name`; a name may carry several values.
     pub fn add(&mut self, name: &str, value: &str) {
-        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+        self.0.push((name.to_ascii_lowercase().into(), value.to_string()));
     }
 
     /// `self` with one more value, for building headers in one expression.
@@ -92,7 +107,7 @@ impl Headers {
 
     /// Every (name, value) pair in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (&**n, v.as_str()))
     }
 
     /// The number of (name, value) pairs.
@@ -188,9 +203,18 @@ fn malformed(what: impl std::fmt::Display) -> Error {
 
 /// Reads frames off a byte buffer, inflating header blocks with the connection's one
 /// decompression context (so every frame of the connection must pass through the same decoder,
-/// in order).
+/// in order). DATA frames longer than [`MAX_DATA_PIECE`] come out as several [`Frame::Data`]
+/// pieces of the same stream, as their bytes arrive; only the last carries the frame's FIN.
 pub struct FrameDecoder {
     inflate: Decompress,
+    /// The DATA frame whose payload is being handed out in pieces.
+    data: Option<DataInProgress>,
+}
+
+struct DataInProgress {
+    stream_id: u32,
+    flags: u8,
+    remaining: usize,
 }
 
 impl Default for FrameDecoder {
@@ -202,12 +226,17 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder for a new connection.
     pub fn new() -> Self {
-        FrameDecoder { inflate: Decompress::new(true) }
+        FrameDecoder { inflate: Decompress::new(true), data: None }
     }
 
-    /// Takes one whole frame off the front of `buf`; `Ok(None)` when `buf` holds only part of one.
-    /// An error leaves the connection unusable (the compression context may be out of step).
+    /// Takes one whole frame, or the next piece of a long DATA frame, off the front of `buf`;
+    /// `Ok(None)` when `buf` holds too little of one. Never reserves more of `buf` than
+    /// [`MAX_CONTROL_PAYLOAD`] or [`MAX_DATA_PIECE`], whatever a length field says. An error
+    /// leaves the connection unusable (the compression context may be out of step).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
+        if self.data.is_some() {
+            return Ok(self.data_piece(buf));
+        }
         if buf.len() < 8 {
             return Ok(None);
         }
@@ -223,21 +252,45 @@ impl FrameDecoder {
             if len > MAX_CONTROL_PAYLOAD {
                 return Err(malformed(format!("control frame of {len} bytes is too large")));
             }
+        } else {
+            let stream_id = word & 0x7fff_ffff;
+            if stream_id == 0 {
+                return Err(malformed("data frame on stream 0"));
+            }
+            if len > MAX_DATA_PIECE {
+                buf.advance(8);
+                self.data = Some(DataInProgress { stream_id, flags, remaining: len });
+                return Ok(self.data_piece(buf));
+            }
         }
         if buf.len() < 8 + len {
+            // Both kinds are bounded above, so this is at most a piece or a control frame.
             buf.reserve(8 + len - buf.len());
             return Ok(None);
         }
         buf.advance(8);
         let payload = buf.split_to(len).freeze();
         if !control {
-            let stream_id = word & 0x7fff_ffff;
-            if stream_id == 0 {
-                return Err(malformed("data frame on stream 0"));
-            }
-            return Ok(Some(Frame::Data { stream_id, flags, data: payload }));
+            return Ok(Some(Frame::Data { stream_id: word & 0x7fff_ffff, flags, data: payload }));
         }
         self.decode_control((word & 0xffff) as u16, flags, payload).map(Some)
+    }
+
+    /// The next piece of the DATA frame in progress, if enough of it is there.
+    fn data_piece(&mut self, buf: &mut BytesMut) -> Option<Frame> {
+        let d = self.data.as_mut()?;
+        let n = buf.len().min(d.remaining).min(MAX_DATA_PIECE);
+        let last = n == d.remaining;
+        if !last && n < MIN_DATA_PIECE {
+            buf.reserve(MIN_DATA_PIECE - n);
+            return None;
+        }
+        d.remaining -= n;
+        let (stream_id, flags) = (d.stream_id, if last { d.flags } else { d.flags & !FLAG_FIN });
+        if last {
+            self.data = None;
+        }
+        Some(Frame::Data { stream_id, flags, data: buf.split_to(n).freeze() })
     }
 
     fn decode_control(&mut self, frame_type: u16, flags: u8, mut p: Bytes) -> Result<Frame> {
@@ -316,7 +369,10 @@ impl FrameDecoder {
     }
 
     fn inflate(&mut self, input: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity((input.len() * 4).clamp(256, MAX_HEADER_BLOCK));
+        // One byte past the limit tells a block that is too large from one that fits exactly;
+        // the buffer never grows further, whatever the block would inflate to.
+        const CAP: usize = MAX_HEADER_BLOCK + 1;
+        let mut out = Vec::with_capacity((input.len() * 4).clamp(256, CAP));
         let mut consumed = 0;
         loop {
             let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
@@ -348,7 +404,7 @@ impl FrameDecoder {
                 return Err(malformed("header block is truncated"));
             }
             if out.len() == out.capacity() {
-                out.reserve(out.capacity().min(MAX_HEADER_BLOCK));
+                out.reserve_exact(out.capacity().min(CAP - out.capacity()));
             }
         }
     }
@@ -372,20 +428,27 @@ fn parse_header_block(raw: &[u8]) -> Result<Headers> {
         if p.len() < n {
             return Err(malformed("header name runs past the block"));
         }
-        let name = String::from_utf8_lossy(&p[..n]).to_ascii_lowercase();
+        let name: Arc<str> = String::from_utf8_lossy(&p[..n]).to_ascii_lowercase().into();
         p.advance(n);
         let n = take_u32(&mut p)?;
         if p.len() < n {
             return Err(malformed("header value runs past the block"));
         }
-        let value = String::from_utf8_lossy(&p[..n]).into_owned();
+        let value = &p[..n];
         p.advance(n);
         if name.is_empty() {
             return Err(malformed("empty header name"));
         }
-        // Several values of one name travel NUL-separated.
-        for v in value.split('\0') {
-            headers.0.push((name.clone(), v.to_string()));
+        // Several values of one name travel NUL-separated: each is one more header, and the
+        // count is checked before any of them is stored.
+        let values = value.iter().filter(|b| **b == 0).count() + 1;
+        if headers.len() + values > MAX_HEADER_COUNT {
+            return Err(malformed(format!(
+                "header block has more than {MAX_HEADER_COUNT} headers once a value is split into {values}"
+            )));
+        }
+        for v in value.split(|b| *b == 0) {
+            headers.0.push((name.clone(), String::from_utf8_lossy(v).into_owned()));
         }
     }
     if !p.is_empty() {
@@ -754,6 +817,101 @@ mod tests {
         let err =
             FrameDecoder::new().decode(&mut syn_stream_with_block(&compressed_block(&raw))).unwrap_err();
         assert!(err.message().contains("runs past"), "{err}");
+    }
+
+    /// The header bomb of issue 8: one SYN_STREAM of about 2 KB whose block inflates to one name
+    /// of `name_len` bytes with one value of `nuls` NULs, that is `nuls + 1` values of that name.
+    fn header_bomb(name_len: usize, nuls: usize) -> BytesMut {
+        let mut raw = Vec::with_capacity(name_len + nuls + 12);
+        raw.put_u32(1);
+        raw.put_u32(name_len as u32);
+        raw.resize(raw.len() + name_len, b'a');
+        raw.put_u32(nuls as u32);
+        raw.resize(raw.len() + nuls, 0);
+        syn_stream_with_block(&compressed_block(&raw))
+    }
+
+    #[test]
+    fn the_header_bomb_is_refused_before_it_is_split() {
+        // Exactly the issue's frame (512 KiB name, 512 KiB of NULs), and one just small enough to
+        // pass the old 1 MiB block limit, where splitting cloned the name 512 Ki times (256 GiB).
+        for (name_len, nuls) in [(512 << 10, 512 << 10), ((512 << 10) - 16, (512 << 10) - 16)] {
+            let mut frame = header_bomb(name_len, nuls);
+            assert!(frame.len() < 4096, "the bomb is {} bytes on the wire", frame.len());
+            let err = FrameDecoder::new().decode(&mut frame).unwrap_err();
+            assert!(err.message().contains("inflates past"), "{err}");
+        }
+        // Small enough to inflate, but its NULs make more values than headers allowed.
+        let err = FrameDecoder::new().decode(&mut header_bomb(8, MAX_HEADER_COUNT)).unwrap_err();
+        assert!(err.message().contains(&format!("more than {MAX_HEADER_COUNT} headers")), "{err}");
+    }
+
+    #[test]
+    fn values_split_on_nul_count_as_headers_and_share_their_name() {
+        let Some(Frame::SynStream { headers, .. }) =
+            FrameDecoder::new().decode(&mut header_bomb(100, MAX_HEADER_COUNT - 1)).unwrap()
+        else {
+            panic!("not a SYN_STREAM")
+        };
+        assert_eq!(headers.len(), MAX_HEADER_COUNT);
+        assert!(headers.iter().all(|(n, v)| n.len() == 100 && v.is_empty()));
+        assert!(
+            headers.0.iter().all(|(n, _)| Arc::ptr_eq(n, &headers.0[0].0)),
+            "a copy of the name per value"
+        );
+        // Names before the split value count too.
+        let mut raw = Vec::new();
+        raw.put_u32(2);
+        for (name, value) in [(&b"streamtype"[..], &b"data"[..]), (b"port", &[0u8; MAX_HEADER_COUNT - 1][..])]
+        {
+            raw.put_u32(name.len() as u32);
+            raw.put_slice(name);
+            raw.put_u32(value.len() as u32);
+            raw.put_slice(value);
+        }
+        let err =
+            FrameDecoder::new().decode(&mut syn_stream_with_block(&compressed_block(&raw))).unwrap_err();
+        assert!(err.message().contains("headers once a value is split"), "{err}");
+    }
+
+    #[test]
+    fn a_long_data_frame_reserves_nothing_and_comes_out_in_pieces_as_it_arrives() {
+        let len = MAX_PAYLOAD;
+        let mut buf = BytesMut::new();
+        buf.put_u32(5);
+        buf.put_u32((u32::from(FLAG_FIN) << 24) | len as u32);
+        buf.put_slice(b"abc");
+        let mut dec = FrameDecoder::new();
+        assert_eq!(dec.decode(&mut buf).unwrap(), None, "3 bytes are not worth a piece");
+        assert!(buf.capacity() <= 2 * MAX_DATA_PIECE, "reserved {} bytes for a header", buf.capacity());
+        let mut got = 3usize;
+        let mut pieces = Vec::new();
+        let chunk = vec![7u8; 10_000];
+        let mut sent = 3;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            buf.put_slice(&chunk[..n]);
+            sent += n;
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                let Frame::Data { stream_id: 5, flags, data } = f else { panic!("{f:?}") };
+                assert!(data.len() <= MAX_DATA_PIECE);
+                if pieces.is_empty() {
+                    assert_eq!(&data[..3], b"abc");
+                }
+                got += data.len();
+                pieces.push(flags);
+            }
+            assert!(buf.capacity() <= 2 * MAX_DATA_PIECE, "buffer grew to {}", buf.capacity());
+        }
+        assert_eq!(got, len + 3);
+        assert!(pieces.len() >= len / MAX_DATA_PIECE, "{} pieces", pieces.len());
+        let (last, rest) = pieces.split_last().unwrap();
+        assert_eq!(*last, FLAG_FIN);
+        assert!(rest.iter().all(|f| *f == 0), "FIN before the last piece");
+        assert!(buf.is_empty());
+        // The decoder is back to frame boundaries.
+        buf.put_slice(&[0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Ping { id: 1 }));
     }
 
     /// Splits a capture (minus its HTTP head) into frames and decodes them all.

@@ -14,10 +14,18 @@
 //! frame reader stops reading while a stream has a full window of unread data. For the same
 //! reason a peer overrunning our windows is not reset: a peer that (like us) starts keeping
 //! windows only once it sees ours may have sent more than a window before, and not reading is
-//! what bounds memory anyway.
+//! what bounds memory anyway. Long DATA frames arrive in pieces (see [`super::frame`]), so a
+//! stream holds at most a window and a piece of unread data.
+//!
+//! What we send. DATA waits for room in a fixed write budget. Control frames (PING answers,
+//! resets, window updates, replies) are queued without waiting, because the frame reader must
+//! not stop on them; a peer can make us queue one for each small frame it sends, so if
+//! [`MAX_QUEUED_CONTROL`] of them wait for the socket, the peer is not reading, and it is
+//! disconnected rather than buffered for.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,6 +50,9 @@ const MAX_DATA_FRAME: usize = 16 * 1024;
 const WRITE_BUDGET: usize = 256 * 1024;
 /// Streams the peer may have open at once; more are refused.
 const MAX_PEER_STREAMS: usize = 1000;
+/// Control frames queued for the socket at once; one more disconnects the peer. A peer that reads
+/// never gets near it: the writer takes frames off the queue as fast as the socket takes them.
+pub const MAX_QUEUED_CONTROL: usize = 4096;
 const MAX_WINDOW: i64 = 0x7fff_ffff;
 
 /// Which end of the connection we are: it decides stream-id and ping-id parity.
@@ -67,8 +78,10 @@ impl Default for SessionConfig {
 }
 
 enum Out {
-    /// A frame, and the DATA bytes it holds of the write budget.
-    Frame(Frame, usize),
+    /// A control frame (or an empty DATA frame carrying FIN), counted in `queued_control`.
+    Control(Frame),
+    /// A DATA frame, and the bytes it holds of the write budget.
+    Data(Frame, usize),
     /// Flush everything before this, shut the write side, and stop.
     Shutdown(Option<oneshot::Sender<()>>),
 }
@@ -109,6 +122,9 @@ struct State {
     send_session_window: i64,
     recv_session_unacked: u32,
     last_peer_stream: u32,
+    /// The last stream answered with INVALID_STREAM, so the pieces of one long DATA frame on a
+    /// stream never opened get one reset, not one each.
+    last_invalid_stream: u32,
     next_local_stream: u32,
     goaway_sent: bool,
     closed: bool,
@@ -119,6 +135,8 @@ struct Shared {
     role: Role,
     state: Mutex<State>,
     out: mpsc::UnboundedSender<Out>,
+    /// `Out::Control` items sent and not yet taken by the writer.
+    queued_control: AtomicUsize,
     budget: Semaphore,
     /// A send window grew, or the session ended.
     window: Notify,
@@ -126,6 +144,9 @@ struct Shared {
     consumed: Notify,
     /// The connection is finished: the read side ended or the write side failed.
     gone: CancellationToken,
+    /// The peer is being dropped: the writer stops at once, whatever it still holds. Cancelling
+    /// it cancels `gone` too (`gone` is its child).
+    abort: CancellationToken,
 }
 
 fn closed_error() -> Error {
@@ -138,9 +159,24 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues a control frame. May be called with the state locked.
     fn send(&self, frame: Frame) {
+        let queued = self.queued_control.fetch_add(1, Ordering::Relaxed) + 1;
+        if queued > MAX_QUEUED_CONTROL {
+            if !self.abort.is_cancelled() {
+                tracing::debug!(
+                    queued,
+                    kind = frame.kind(),
+                    "spdy peer does not read what it makes us send; disconnecting"
+                );
+            }
+            // Only tokens here: the caller may hold the state lock that `finish` takes. The frame
+            // reader sees `gone` and finishes the session.
+            self.abort.cancel();
+            return;
+        }
         // After the writer stopped there is no one to tell; the session is over anyway.
-        let _ = self.out.send(Out::Frame(frame, 0));
+        let _ = self.out.send(Out::Control(frame));
     }
 
     fn touch(&self) {
@@ -186,6 +222,7 @@ impl Session {
         let (reader, writer) = tokio::io::split(io);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let abort = CancellationToken::new();
         let shared = Arc::new(Shared {
             role,
             state: Mutex::new(State {
@@ -195,16 +232,19 @@ impl Session {
                 send_session_window: i64::from(DEFAULT_WINDOW),
                 recv_session_unacked: 0,
                 last_peer_stream: 0,
+                last_invalid_stream: 0,
                 next_local_stream: if role == Role::Client { 1 } else { 2 },
                 goaway_sent: false,
                 closed: false,
                 last_activity: Instant::now(),
             }),
             out: out_tx,
+            queued_control: AtomicUsize::new(0),
             budget: Semaphore::new(WRITE_BUDGET),
             window: Notify::new(),
             consumed: Notify::new(),
-            gone: CancellationToken::new(),
+            gone: abort.child_token(),
+            abort,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(write_loop(shared.clone(), writer, out_rx));
@@ -399,7 +439,7 @@ impl Stream {
             permit.forget();
             let frame =
                 Frame::Data { stream_id: self.id, flags: 0, data: Bytes::copy_from_slice(&data[..n]) };
-            self.shared.out.send(Out::Frame(frame, n)).map_err(|_| closed_error())?;
+            self.shared.out.send(Out::Data(frame, n)).map_err(|_| closed_error())?;
             data = &data[n..];
         }
         Ok(())
@@ -501,21 +541,30 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut encoder = FrameEncoder::new();
     let mut buf = BytesMut::with_capacity(32 * 1024);
     let mut done: Option<Option<oneshot::Sender<()>>> = None;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => next,
+            _ = shared.abort.cancelled() => None,
+        };
+        let Some(mut item) = first else { return };
         let mut released = 0;
-        let mut item = first;
         loop {
-            match item {
-                Out::Frame(frame, budget) => {
+            let frame = match item {
+                Out::Control(frame) => {
+                    shared.queued_control.fetch_sub(1, Ordering::Relaxed);
+                    frame
+                }
+                Out::Data(frame, budget) => {
                     released += budget;
-                    if let Err(e) = encoder.encode(&frame, &mut buf) {
-                        tracing::warn!(error = %e, "dropping a spdy frame that cannot be encoded");
-                    }
+                    frame
                 }
                 Out::Shutdown(tx) => {
                     done = Some(tx);
                     break;
                 }
+            };
+            if let Err(e) = encoder.encode(&frame, &mut buf) {
+                tracing::warn!(error = %e, "dropping a spdy frame that cannot be encoded");
             }
             if buf.len() >= 64 * 1024 {
                 break;
@@ -525,13 +574,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        let written = async {
+        let write = async {
             if !buf.is_empty() {
                 io.write_all(&buf).await?;
             }
             io.flush().await
-        }
-        .await;
+        };
+        // A peer that never reads would hold this write forever: dropping it drops the peer.
+        let written = tokio::select! {
+            written = write => written,
+            _ = shared.abort.cancelled() => return,
+        };
         buf.clear();
         shared.budget.add_permits(released);
         if let Err(e) = written {
@@ -784,7 +837,8 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
         let kept = match st.streams.get_mut(&id) {
             // Data still in flight for a stream we dropped is expected; for one never opened it is not.
             None => {
-                if !known {
+                if !known && st.last_invalid_stream != id {
+                    st.last_invalid_stream = id;
                     shared.send(Frame::RstStream { stream_id: id, status: rst::INVALID_STREAM });
                 }
                 false
@@ -836,6 +890,7 @@ async fn on_data(shared: &Arc<Shared>, id: u32, flags: u8, data: Bytes) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
     use tokio::io::DuplexStream;
 
     /// The far end of a session, driven frame by frame by the test.
@@ -1132,6 +1187,77 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), session.done()).await.unwrap();
         // The write side was shut after the GOAWAY.
         assert_eq!(peer.io.read(&mut [0u8; 8]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_pings_and_never_reads_is_disconnected_not_buffered() {
+        // Room for a few answers in the pipe; the peer never reads any of them.
+        let (a, mut peer) = tokio::io::duplex(4096);
+        let session = Session::new(a, Role::Server, SessionConfig::default());
+        let mut enc = FrameEncoder::new();
+        let mut batch = BytesMut::new();
+        for id in 0..1000u32 {
+            enc.encode(&Frame::Ping { id: 2 * id + 1 }, &mut batch).unwrap();
+        }
+        let mut pinged = 0usize;
+        let cut_off = loop {
+            if pinged >= 1_000_000 {
+                break false;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), peer.write_all(&batch)).await {
+                Ok(Ok(())) => pinged += 1000,
+                Ok(Err(_)) => break true,
+                Err(_) => panic!("the session neither read nor dropped the peer after {pinged} pings"),
+            }
+        };
+        assert!(cut_off, "a peer that never reads sent {pinged} pings and is still connected");
+        // Answers queued: at most the writer's one batch (64 KiB of 12-byte frames) and the
+        // control queue; the rest is what the pipes and read buffers held.
+        let bound = MAX_QUEUED_CONTROL + 2 * (64 * 1024 / 12) + 4096;
+        assert!(pinged <= bound, "{pinged} pings were taken in (bound {bound})");
+        tokio::time::timeout(Duration::from_secs(5), session.done()).await.unwrap();
+        assert!(session.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_long_data_frame_reaches_its_reader_as_it_arrives() {
+        let (session, mut peer) = server_with_raw_peer();
+        peer.send(syn(1, "stdin")).await;
+        let s = accepted(&session).await;
+        // A frame announcing 16 MiB, of which only 100 KiB come for now.
+        let len = super::super::frame::MAX_PAYLOAD;
+        let mut head = BytesMut::new();
+        head.put_u32(1);
+        head.put_u32((u32::from(FLAG_FIN) << 24) | len as u32);
+        peer.io.write_all(&head).await.unwrap();
+        peer.io.write_all(&vec![9u8; 100 * 1024]).await.unwrap();
+        let mut got = 0;
+        while got < 64 * 1024 {
+            let piece = tokio::time::timeout(Duration::from_secs(5), s.read())
+                .await
+                .expect("nothing of a long frame is read before all of it arrived")
+                .unwrap()
+                .unwrap();
+            got += piece.len();
+        }
+        // The rest, while the reader keeps reading; FIN comes with the last piece.
+        let rest = len - 100 * 1024;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![9u8; 256 * 1024];
+            let mut left = rest;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                peer.io.write_all(&chunk[..n]).await.unwrap();
+                left -= n;
+            }
+            peer
+        });
+        while let Some(piece) = tokio::time::timeout(Duration::from_secs(5), s.read()).await.unwrap().unwrap()
+        {
+            got += piece.len();
+        }
+        assert_eq!(got, len);
+        writer.await.unwrap();
     }
 
     #[tokio::test]
