@@ -264,12 +264,20 @@ root = "$DIR/containerd/root"
 state = "$RUN/containerd"
 [grpc]
   address = "$RUN/containerd.sock"
+# Its own opt dir, no NRI socket (machine-wide /var/run/nri), as bench/run.sh does.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$DIR/containerd/opt"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "registry.k8s.io/pause:3.10.1"
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = "$DIR/containerd/certs.d"
 [plugins."io.containerd.cri.v1.runtime"]
+  # Lowering a process's oom_score_adj is refused on this machine (no CAP_SYS_RESOURCE), which fails
+  # every sandbox's -998; berth clamps it by itself.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
     conf_dir = "$DIR/net.d"
@@ -411,8 +419,9 @@ up() {
         return 0
     fi
     command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl)"
-    BIN=$(tools_dir kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd \
-        containerd containerd-shim-runc-v2 ctr crictl)
+    local tools=(kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd crictl)
+    [ "$runtime" = containerd ] && tools+=(containerd containerd-shim-runc-v2 ctr)
+    BIN=$(tools_dir "${tools[@]}")
     REGISTRY=$("$ROOT/e2e/images/registry.sh" start)
     mkdir -p "$DIR" "$RUN" "$LOGS"
     chmod 700 "$DIR" "$RUN"
