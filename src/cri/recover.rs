@@ -1,5 +1,6 @@
 //! What berthd does at start, before serving: it rebuilds its view from the database and the shims.
-//! Sandboxes and containers whose creation a crash cut short are rolled back; every pod's shim is
+//! CNI plugins a killed berthd left running are waited for (network::orphans), then sandboxes and
+//! containers whose creation a crash cut short are rolled back; every pod's shim is
 //! reconnected and its exits (including those that happened while berthd was down) are recorded; a
 //! pod whose shim is gone has its containers recorded as exited. Finally anything on disk that no
 //! record owns (network namespaces, bundles, rootfs snapshots, shims, pod directories) is removed,
@@ -20,6 +21,9 @@ fn dir_entries(dir: &std::path::Path) -> Vec<String> {
 impl Pods {
     pub async fn recover(self: &Arc<Self>) {
         let started = std::time::Instant::now();
+        // Before any rollback: a plugin still finishing an ADD would re-take what the DEL released.
+        let grace = self.config.cni.plugin_timeout.min(std::time::Duration::from_secs(10));
+        crate::network::orphans::wait_for_orphaned_plugins(&self.paths.netns, grace).await;
         for c in self.store.containers() {
             if c.state == ContainerState::Creating {
                 tracing::info!(container = %c.id, "rolling back a container whose creation was interrupted");

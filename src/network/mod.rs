@@ -9,6 +9,7 @@ pub mod cni;
 pub mod conf;
 pub mod fake;
 pub mod netns;
+pub mod orphans;
 pub mod result;
 
 use std::collections::BTreeMap;
