@@ -7,11 +7,13 @@
 # Per runtime: `cluster.sh up --runtime R` (berth as a release build unless BERTH_PROFILE says
 # otherwise), the test image pulled once, then N runs (default 3) of: `kubectl apply` of a Deployment
 # of --replicas (30) busybox pods → the time until all are Ready; with the pods up, the memory of the
-# runtime (daemon + every shim: VmRSS and PSS from /proc/<pid>/smaps_rollup); then the Deployment is
-# deleted and the pods waited out. Reported per runtime: the p50 of the apply→Ready times, the
+# runtime (daemon + every shim: VmRSS and PSS from /proc/<pid>/smaps_rollup); then the Deployment
+# is deleted and the pods waited out. Reported per runtime: the p50 of the apply→Ready times, the
 # kubelet's pod start SLI (`kubelet_pod_start_sli_duration_seconds`, the pods of these runs: the
-# histogram's bucket counts after minus before, so p50/p90 are bucket upper bounds), and the memory
-# of the last run; then berth/containerd ratios. The cluster is taken down at the end.
+# histogram's bucket counts after minus before, so p50/p90 are bucket upper bounds), the memory of
+# the first run (later runs also hold the stopped sandboxes of earlier ones until the kubelet removes
+# them) and the runtime processes left after the last run; then berth/containerd ratios. The
+# cluster is taken down at the end.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,7 +43,7 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 sli_buckets() {
     kubectl get --raw "/api/v1/nodes/$NODE/proxy/metrics" |
         awk -F'[{}]' '/^kubelet_pod_start_sli_duration_seconds_bucket/ {
-            match($2, /le="[^"]*"/); le = substr($2, RSTART + 4, RLENGTH - 5); split($3, v, " "); n[le] += v[2]
+            match($2, /le="[^"]*"/); le = substr($2, RSTART + 4, RLENGTH - 5); n[le] += $3
         } END { for (le in n) print le, n[le] }' | sort -g
 }
 
@@ -91,7 +93,7 @@ spec:
 EOF
 }
 
-declare -A P50 SLI50 SLI90 MEM
+declare -A P50 SLI50 SLI90 MEM LEFT
 trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
 for rt in $runtimes; do
     say "$rt: cluster up"
@@ -110,11 +112,14 @@ for rt in $runtimes; do
         times+=("$t")
         say "$rt run $i: $replicas pods Ready after ${t}s"
         sleep 3 # the shims settle
-        MEM[$rt]=$(memory "$rt")
+        # The first run's: later runs also find the shims of the stopped sandboxes of earlier runs.
+        [ "$i" != 1 ] || MEM[$rt]=$(memory "$rt")
         kubectl delete deployment bench --wait=true >/dev/null
         until [ "$(kubectl get pods -l app=bench --no-headers 2>/dev/null | wc -l)" = 0 ]; do sleep 0.5; done
     done
     after=$(sli_buckets)
+    # Processes of the stopped sandboxes the kubelet has not removed yet.
+    LEFT[$rt]=$(($(runtime_pids "$rt" | wc -l) - 1))
     P50[$rt]=$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(((runs + 1) / 2))p")
     SLI50[$rt]=$(bucket_quantile 0.5 "$before" "$after")
     SLI90[$rt]=$(bucket_quantile 0.9 "$before" "$after")
@@ -127,6 +132,10 @@ for rt in $runtimes; do
     read -r drss dpss n srss spss <<<"${MEM[$rt]}"
     printf '%-11s %15ss %20s %20s %9s KiB %8s KiB %6s %8s KiB %8s KiB\n' "$rt" "${P50[$rt]}" "${SLI50[$rt]}" \
         "${SLI90[$rt]}" "$drss" "$dpss" "$n" "$srss" "$spss"
+done
+echo
+for rt in $runtimes; do
+    echo "$rt: ${LEFT[$rt]} shim processes left after the last run (stopped sandboxes not yet removed by the kubelet)"
 done
 if [ -n "${MEM[berth]:-}" ] && [ -n "${MEM[containerd]:-}" ]; then
     read -r b_drss b_dpss _ b_srss b_spss <<<"${MEM[berth]}"

@@ -551,7 +551,7 @@ down() {
     for p in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop $p; done
     restore_iptables
     # Mounts under our directories (kubelet volumes, rootfs, shm, netns), deepest first.
-    for m in $(findmnt -rno TARGET | grep -E "^($DIR|$RUN)(/|$)" | sort -r); do
+    for m in $(findmnt -rno TARGET | { grep -E "^($DIR|$RUN)(/|$)" || true; } | sort -r); do
         umount -l "$m" 2>/dev/null || true
     done
     ip link del "$POD_BRIDGE" 2>/dev/null || true
