@@ -49,7 +49,8 @@ sli_buckets() {
 
 # QUANTILE BEFORE AFTER: the upper bound of the bucket holding the quantile of (after - before).
 bucket_quantile() {
-    join <(echo "$2" | sort) <(echo "$3" | sort) | sort -g | awk -v q="$1" '{ le[NR] = $1; c[NR] = $3 - $2 }
+    # (A fresh kubelet has no series before its first pod: its buckets count as 0.)
+    join -a 2 -e 0 -o 0,1.2,2.2 <(echo "$2" | sort) <(echo "$3" | sort) | sort -g | awk -v q="$1" '{ le[NR] = $1; c[NR] = $3 - $2 }
         END { total = c[NR]; for (i = 1; i <= NR; i++) if (c[i] >= q * total) { print le[i] "s (" total " pods)"; exit } }'
 }
 
