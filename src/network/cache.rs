@@ -156,6 +156,26 @@ impl ResultCache {
         Ok(found)
     }
 
+    /// Removes the temp files of writes a crash cut short (`.<name>.tmp`): only while no write can
+    /// be in flight, i.e. at start. Returns how many went.
+    pub fn remove_unfinished_writes(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.results) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "removing a cni cache temp file")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes one cache file; a missing file is fine.
     pub fn remove(&self, path: &Path) -> Result<()> {
         match std::fs::remove_file(path) {
@@ -218,6 +238,22 @@ mod tests {
         cache.remove(&path).unwrap();
         cache.remove(&path).unwrap();
         assert!(cache.find("abc", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unfinished_writes_are_removed_and_entries_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path());
+        assert_eq!(cache.remove_unfinished_writes(), 0, "no results dir yet");
+        let e = entry("net", "abc");
+        cache.write(&e).unwrap();
+        let kept = cache.path("net", "abc", "eth0");
+        let torn = dir.path().join("results").join(".net-def-eth0.tmp");
+        std::fs::write(&torn, b"{\"kind\":").unwrap();
+        assert_eq!(cache.remove_unfinished_writes(), 1);
+        assert!(!torn.exists());
+        assert!(kept.exists());
+        assert_eq!(cache.find("abc", "eth0").unwrap().len(), 1);
     }
 
     #[test]

@@ -82,8 +82,14 @@ enum ExecError {
 
 impl CniNetwork {
     /// A CNI network with these options. Nothing is read until the first call.
+    /// Made once at berthd's start, before any plugin runs: the temp files of cache writes a crash
+    /// cut short are removed here.
     pub fn new(opts: CniOptions) -> CniNetwork {
         let cache = ResultCache::new(&opts.cache_dir);
+        let removed = cache.remove_unfinished_writes();
+        if removed > 0 {
+            tracing::info!(removed, "removed cni result cache temp files a crash left");
+        }
         CniNetwork {
             inner: Arc::new(Inner {
                 opts,
