@@ -8,13 +8,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
-use crate::harness::{Berthd, Leaks, Registry, images, run};
+use crate::harness::metrics::scrape;
+use crate::harness::{Berthd, Leaks, Registry, images};
 
 /// Bytes of padding on each line: with "line <n> " a line is about 1 KB.
 const PAD: usize = 990;
@@ -60,17 +60,8 @@ fn fill(path: &Path) {
 
 /// The value of `berth_container_log_dropped_<what>_total` for container `id` (0 without a series).
 fn dropped_metric(port: u16, what: &str, id: &str) -> u64 {
-    let text = run(Command::new("curl")
-        .args(["-sS", "--max-time", "30"])
-        .arg(format!("http://127.0.0.1:{port}/metrics")));
     let prefix = format!("berth_container_log_dropped_{what}_total{{container_id=\"{id}\",");
-    match text.lines().find(|l| l.starts_with(&prefix)) {
-        Some(line) => {
-            let value = line.rsplit(' ').next().unwrap_or("");
-            value.parse().unwrap_or_else(|e| panic!("bad value in {line:?}: {e}"))
-        }
-        None => 0,
-    }
+    scrape(port).first_with_prefix(&prefix).map_or(0, |v| v as u64)
 }
 
 /// One log record.

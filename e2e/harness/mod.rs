@@ -12,6 +12,7 @@ pub mod fs;
 pub mod images;
 pub mod layer;
 pub mod leaks;
+pub mod metrics;
 pub mod net;
 pub mod pod;
 pub mod registry;
