@@ -52,7 +52,7 @@ MIRROR=http://deb.debian.org/debian
 PACKAGES=(systemd systemd-sysv conntrack iptables nftables iproute2 ethtool util-linux mount kmod
     libseccomp2 procps bash ca-certificates curl runc containernetworking-plugins)
 # Host tools the script needs, by Debian package.
-HOST_PACKAGES=(debootstrap socat runc iproute2 util-linux openssl curl)
+HOST_PACKAGES=(debootstrap socat runc iproute2 iptables procps util-linux openssl curl)
 MIRRORED="registry.k8s.io docker.io gcr.io quay.io k8s.gcr.io public.ecr.aws"
 TEST_IMAGE=registry.k8s.io/e2e-test-images/nginx:1.14-4
 
@@ -142,6 +142,8 @@ rootfs() {
         rm -rf "$dir"
         mv "$dir.tmp" "$dir"
         touch "$dir/done"
+        # Rootfs dirs of other keys are stale (this script or its package list changed).
+        find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
     fi
     exec 9>&-
     echo "$dir/rootfs"
@@ -265,7 +267,6 @@ version = 2
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10.1"
-  tolerate_missing_hugepages_controller = true
   # Lowering a process's oom_score_adj needs CAP_SYS_RESOURCE, which this machine's bounding set lacks.
   restrict_oom_score_adj = true
 [plugins."io.containerd.grpc.v1.cri".registry]
@@ -478,6 +479,8 @@ node_start() {
     pki=$(dirname "$(cat "$RUN/kubeconfig")")
     registry=$(cat "$RUN/registry")
     mkdir -p "$DIR/upper" "$DIR/work" "$DIR/rootfs" "$DIR/var" "$LOGS"
+    # The node's /var (pod logs, volumes, containerd's store) and its kubelet's key: root's alone.
+    chmod 700 "$DIR"
     mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$DIR/upper,workdir=$DIR/work" "$DIR/rootfs"
     write_node_files "$DIR/rootfs" "$bin" "$pki/ca.crt" "$(cat "$RUN/node-kubeconfig")" \
         "$pki/kube-proxy.kubeconfig" "$registry"
@@ -500,17 +503,20 @@ node_start() {
 # node_stop: as `docker stop` of a kind node: SIGRTMIN+3 to systemd (a clean poweroff), SIGKILL if it
 # has not finished within 90 s, then the container is deleted.
 node_stop() {
-    local end
+    local end t0
     [ -d "$RUN/runc" ] || return 0
     if node_running; then
+        t0=$(date +%s.%N)
         rc kill "$NODE" 37 || true # SIGRTMIN+3 (glibc's SIGRTMIN is 34)
         end=$((SECONDS + 90))
-        while node_running && [ $SECONDS -lt $end ]; do sleep 0.5; done
-        node_running && {
+        while node_running && [ $SECONDS -lt $end ]; do sleep 0.2; done
+        if node_running; then
             say "systemd did not power off within 90 s: SIGKILL"
             rc kill "$NODE" KILL || true
             sleep 1
-        }
+        else
+            say "node powered off in $(since "$t0")"
+        fi
     fi
     rc delete --force "$NODE" 2>/dev/null || true
 }
@@ -637,6 +643,8 @@ step_node_runtime() {
     node_exec containerd --version | grep -q ' v2\.'
     node_exec containerd config dump | grep -q 'SystemdCgroup = true'
     node_exec crictl info >/dev/null
+    # The project's registry under its own address, as the berth image will be named.
+    node_exec crictl pull "$(cat "$RUN/registry")/e2e-test-images/busybox:1.37.0-1" >/dev/null
 }
 
 node_ready() {
@@ -687,6 +695,9 @@ EOF
     svc=$(kc -n default get service "$name" -o 'jsonpath={.spec.clusterIP}')
     curl -fsS --max-time 10 -o /dev/null "http://$ip/"
     wait_for "service $svc to answer in the node" 30 node_exec curl -fsS --max-time 5 -o /dev/null "http://$svc/"
+    # The apiserver's way to the node's kubelet and its runtime's streaming server.
+    [ "$(kc -n default exec "$pod" -- cat /etc/hostname)" = "$pod" ]
+    kc -n default logs "$pod" >/dev/null
     echo "$pod"
 }
 
@@ -730,7 +741,22 @@ check() {
         echo "FAIL $name ($(since "$t0"))"
         FAILED=$((FAILED + 1))
         BROKEN=$name
+        diagnose >&2 || true
     fi
+}
+
+# What a failed step leaves for whoever reads the log: the cluster's view, the node's units and the
+# last lines of its kubelet and runtime.
+diagnose() {
+    [ -f "$RUN/kubeconfig" ] || return 0
+    echo "--- diagnosis"
+    kc get nodes,pods -A -o wide 2>&1 || true
+    kc get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 15 || true
+    if node_running; then
+        node_exec systemctl --failed --no-legend 2>&1 || true
+        node_exec journalctl --no-pager -n 40 -u kubelet -u containerd 2>&1 || true
+    fi
+    echo "---"
 }
 
 # check_always NAME STEP: as check, but runs even after a failure (teardown and its verification).
@@ -772,12 +798,14 @@ full() {
     rm -rf "$TMP_STATE"
     trap - EXIT
     echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
+    if [ "$FAILED" -ne 0 ]; then exit 1; fi
 }
 
 preflight() {
     [ "$(id -u)" -eq 0 ] || die "needs root"
     [ ! -d "$RUN" ] || die "a node is up ($RUN exists): run $0 down first"
+    mkdir -p "$RUN"
+    chmod 700 "$RUN"
     if "$CLUSTER" env >/dev/null 2>&1; then
         die "a cluster.sh cluster is up; this test runs its own control plane (run cluster.sh down first)"
     fi
@@ -797,7 +825,7 @@ up)
     up_steps
     sed 's/^/timing: /' "$RUN/timings"
     echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
+    if [ "$FAILED" -ne 0 ]; then exit 1; fi
     ;;
 down) down ;;
 exec)
