@@ -501,17 +501,18 @@ node_start() {
 }
 
 # node_stop: as `docker stop` of a kind node: SIGRTMIN+3 to systemd (a clean poweroff), SIGKILL if it
-# has not finished within 90 s, then the container is deleted.
+# has not finished within 30 s, then the container is deleted. (A container whose PID 1 ignores SIGTERM,
+# as `sleep` does, holds the poweroff for systemd's DefaultTimeoutStopSec, 90 s, in its scope's stop.)
 node_stop() {
     local end t0
     [ -d "$RUN/runc" ] || return 0
     if node_running; then
         t0=$(date +%s.%N)
         rc kill "$NODE" 37 || true # SIGRTMIN+3 (glibc's SIGRTMIN is 34)
-        end=$((SECONDS + 90))
+        end=$((SECONDS + 30))
         while node_running && [ $SECONDS -lt $end ]; do sleep 0.2; done
         if node_running; then
-            say "systemd did not power off within 90 s: SIGKILL"
+            say "systemd did not power off within 30 s: SIGKILL"
             rc kill "$NODE" KILL || true
             sleep 1
         else
@@ -663,7 +664,8 @@ step_node_ready() {
 }
 
 # deployment_reachable NAME: a Deployment of TEST_IMAGE on the node and a Service for it; checks the
-# pod answers HTTP from the host (pod IP) and from the node (Service IP); prints the pod's name.
+# pod answers HTTP from the host (pod IP) and from the node (Service IP), that kubectl exec and logs
+# reach it, and that it reaches the apiserver; prints the pod's name.
 deployment_reachable() {
     local name=$1 pod ip svc
     kc apply -f - >/dev/null <<EOF
@@ -698,6 +700,9 @@ EOF
     # The apiserver's way to the node's kubelet and its runtime's streaming server.
     [ "$(kc -n default exec "$pod" -- cat /etc/hostname)" = "$pod" ]
     kc -n default logs "$pod" >/dev/null
+    # Pods reach the apiserver through its Service (kube-proxy on the node, the host's NODE_IP behind).
+    # shellcheck disable=SC2016 # expanded in the pod
+    kc -n default exec "$pod" -- sh -c 'nc -w 5 "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" </dev/null'
     echo "$pod"
 }
 
