@@ -4,6 +4,7 @@
 #   deploy/node-test.sh            the whole flow, one check per step, teardown even on failure; the
 #                                  last line is `N passed, M failed` (exit 0 only if none failed)
 #   deploy/node-test.sh up         bring the node up (the steps to "node Ready") and leave it running
+#                                  (also when a step fails: `down` then removes what is there)
 #   deploy/node-test.sh down       stop the node and the control plane, remove everything they made
 #   deploy/node-test.sh exec CMD…  run CMD inside the node (runc exec)
 #   deploy/node-test.sh env        print `export KUBECONFIG=…` and `export PATH=…` for the control plane
@@ -582,6 +583,7 @@ host_state() {
     echo "# iptables"
     iptables-save | grep -E '^[-*:]' | sed 's/ \[[0-9]*:[0-9]*\]$//' | sort
     echo "# mounts"
+    findmnt -no PROPAGATION /
     findmnt -rno TARGET | grep -E "^($DIR|$RUN)(/|$)" || true
     echo "# links and routes"
     ip -o link show | grep -E "$HOST_IF" || true
@@ -624,10 +626,17 @@ step_control_plane() {
 }
 
 step_node_boot() {
-    local state
+    local state end
     node_start
-    wait_for "systemd in the node to finish booting" 120 node_exec systemctl is-system-running --wait
-    state=$(node_exec systemctl is-system-running || true)
+    # Until the boot is over (--wait), then the state: running, or degraded with failed units. Before
+    # systemd listens the answer is "offline".
+    end=$((SECONDS + 120))
+    while :; do
+        state=$(timeout 60 runc --root "$RUN/runc" exec "$NODE" systemctl is-system-running --wait || true)
+        case $state in running | degraded | maintenance | stopping) break ;; esac
+        [ $SECONDS -lt $end ] || die "systemd in the node did not finish booting in 120 s (state: $state)"
+        sleep 0.2
+    done
     timing "node boot to systemd $state" "$(since "$(cat "$RUN/node.started")")"
     [ "$(node_exec cat /proc/1/comm)" = systemd ] || die "PID 1 in the node is not systemd"
     if [ "$state" != running ]; then
@@ -843,7 +852,7 @@ env)
     echo "export PATH=$(tools_bin):\$PATH"
     ;;
 *)
-    sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac
