@@ -852,7 +852,7 @@ env)
     echo "export PATH=$(tools_bin):\$PATH"
     ;;
 *)
-    sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac
