@@ -4,6 +4,10 @@
 #
 #   e2e/cluster/cluster.sh up [--runtime berth|containerd]   start it; the last two lines on stdout are
 #                                                            `export KUBECONFIG=…` and `export PATH=…`
+#   e2e/cluster/cluster.sh up --runtime none                 the control plane alone (etcd, apiserver,
+#                                                            controller-manager, scheduler): no node here
+#   e2e/cluster/cluster.sh node-kubeconfig NAME              mint a kubelet client certificate for a node
+#                                                            NAME running elsewhere; prints its kubeconfig
 #   e2e/cluster/cluster.sh env                               print those two lines again
 #   e2e/cluster/cluster.sh down                              stop it and remove everything it made
 #   e2e/cluster/cluster.sh status                            what runs, and the node's Ready condition
@@ -411,8 +415,8 @@ up() {
         *) die "unknown argument $1" ;;
         esac
     done
-    case $runtime in berth | containerd) ;; *) die "--runtime must be berth or containerd" ;; esac
-    if running kubelet; then
+    case $runtime in berth | containerd | none) ;; *) die "--runtime must be berth, containerd or none" ;; esac
+    if running kube-apiserver; then
         [ "$(cat "$RUN/runtime")" = "$runtime" ] || die "a cluster on $(cat "$RUN/runtime") is up: run down first"
         BIN=$(cat "$RUN/bin")
         print_env
@@ -421,6 +425,7 @@ up() {
     command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl)"
     local tools=(kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd crictl)
     [ "$runtime" = containerd ] && tools+=(containerd containerd-shim-runc-v2 ctr)
+    [ "$runtime" = none ] && tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
     BIN=$(tools_dir "${tools[@]}")
     REGISTRY=$("$ROOT/e2e/images/registry.sh" start)
     mkdir -p "$DIR" "$RUN" "$LOGS"
@@ -428,7 +433,7 @@ up() {
     echo "$runtime" >"$RUN/runtime"
     echo "$BIN" >"$RUN/bin"
     # The kubelet's volume mounts propagate to containers (HostToContainer) only from a shared mount.
-    if [ ! -f "$RUN/propagation.before" ]; then
+    if [ "$runtime" != none ] && [ ! -f "$RUN/propagation.before" ]; then
         findmnt -no PROPAGATION / >"$RUN/propagation.before"
         mount --make-rshared /
     fi
@@ -440,10 +445,16 @@ up() {
     containerd) start_containerd ;;
     esac
     start_control_plane
-    start_kubelet
-    start_kube_proxy
+    if [ "$runtime" != none ]; then
+        start_kubelet
+        start_kube_proxy
+    fi
     wait_for "the default service account" 120 kc -n default get serviceaccount default
-    say "up: node $NODE Ready on $runtime (logs in $LOGS)"
+    if [ "$runtime" = none ]; then
+        say "up: control plane at https://$NODE_IP:6443, no node (logs in $LOGS)"
+    else
+        say "up: node $NODE Ready on $runtime (logs in $LOGS)"
+    fi
     print_env
 }
 
@@ -451,6 +462,18 @@ env_cmd() {
     [ -f "$RUN/bin" ] || die "no cluster is up"
     BIN=$(cat "$RUN/bin")
     print_env
+}
+
+# A kubelet client certificate (system:node:NAME in system:nodes, which the Node authorizer and
+# NodeRestriction expect) and its kubeconfig, for a node that runs elsewhere and reaches NODE_IP.
+node_kubeconfig() {
+    local name=${1:?node-kubeconfig needs a node name}
+    [ -f "$RUN/bin" ] || die "no cluster is up"
+    BIN=$(cat "$RUN/bin")
+    case $name in *[!a-z0-9.-]*) die "bad node name $name" ;; esac
+    cert "node-$name" "system:node:$name" system:nodes clientAuth
+    kubeconfig "node-$name"
+    echo "$PKI/node-$name.kubeconfig"
 }
 
 runtime_socket() { local e; e=$(cat "$RUN/endpoint"); echo "${e#unix://}"; }
@@ -579,11 +602,12 @@ up)
 down) down ;;
 env) env_cmd ;;
 status) status ;;
+node-kubeconfig) node_kubeconfig "${2:-}" ;;
 kill-runtime) kill_runtime ;;
 restart-kubelet) restart_kubelet ;;
 restart-node) restart_node ;;
 *)
-    sed -n '2,14s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,18s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac
