@@ -58,7 +58,19 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let client = reqwest::Client::builder().dns_resolver(SystemResolver).no_proxy().build().unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .dns_resolver(SystemResolver)
+            .no_proxy()
+            .build()
+            .unwrap();
         let body =
             client.get(format!("http://localhost:{port}/v2/")).send().await.unwrap().text().await.unwrap();
         assert_eq!(body, "ok");
