@@ -55,7 +55,10 @@ impl Default for Settings {
 
 impl Settings {
     pub fn parse(text: &str) -> Result<Settings> {
-        toml::from_str(text).map_err(|e| Error::invalid(format!("invalid installer settings: {e}")))
+        let mut s: Settings =
+            toml::from_str(text).map_err(|e| Error::invalid(format!("invalid installer settings: {e}")))?;
+        whole_floats_to_integers(&mut s.config);
+        Ok(s)
     }
 
     pub fn load(path: &Path) -> Result<Settings> {
@@ -65,6 +68,22 @@ impl Settings {
             Err(e) => Err(Error::invalid(format!("reading {}: {e}", path.display()))),
         }
     }
+}
+
+/// Helm keeps every number of its values as a float and `toToml` writes `3` as `3.0`; berth's keys
+/// that are numbers are all integers, so whole floats become integers again.
+fn whole_floats_to_integers(table: &mut toml::Table) {
+    fn fix(v: &mut toml::Value) {
+        match v {
+            toml::Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                *v = toml::Value::Integer(*f as i64)
+            }
+            toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| fix(v)),
+            toml::Value::Array(a) => a.iter_mut().for_each(fix),
+            _ => {}
+        }
+    }
+    table.iter_mut().for_each(|(_, v)| fix(v));
 }
 
 /// berthd's config.toml for this node: the values' overrides, with the node's cgroup driver (the
@@ -157,6 +176,7 @@ switch_kubelet = false
 ready_timeout = "2m"
 [config]
 metrics = { address = "127.0.0.1:9830" }
+grpc = { gid = 1000.0 }
 [config.cri]
 sandbox_image = "registry.k8s.io/pause:3.10"
 [config.runtimes.handlers.crun]
@@ -170,6 +190,7 @@ binary = "/usr/bin/crun"
         assert_eq!(config.cri.cgroup_driver, CgroupDriver::Systemd);
         assert_eq!(config.cri.sandbox_image, "registry.k8s.io/pause:3.10");
         assert_eq!(config.metrics.address, "127.0.0.1:9830");
+        assert_eq!(config.grpc.gid, 1000, "helm's whole floats are integers");
         assert_eq!(config.runtimes.handlers["crun"].binary, Path::new("/usr/bin/crun"));
         assert!(config.runtimes.handlers.contains_key("runc"), "the default handler stays");
         // What is written parses to the same thing berthd will load.
