@@ -9,6 +9,7 @@ pub mod cri;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
+pub mod install;
 pub mod mem;
 pub mod metrics;
 pub mod mountinfo;

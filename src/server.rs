@@ -68,6 +68,33 @@ impl RootLock {
     }
 }
 
+/// Tells the service manager that berthd is ready (systemd's `sd_notify(0, "READY=1")`), when it
+/// was started with `$NOTIFY_SOCKET` (a `Type=notify` unit): one datagram to that socket, a path or
+/// an abstract name written with a leading `@`. Without the variable it does nothing. The OCI
+/// runtime never sees the variable (the shim removes it), so containers cannot notify for berthd.
+pub fn notify_ready() -> Result<()> {
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(path) => sd_notify(Path::new(&path), "READY=1"),
+        None => Ok(()),
+    }
+}
+
+fn sd_notify(socket: &Path, state: &str) -> Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = socket.as_os_str().as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(socket),
+    }
+    .with_context(|| format!("NOTIFY_SOCKET {}", socket.display()))?;
+    let sock = UnixDatagram::unbound().context("creating a datagram socket for sd_notify")?;
+    sock.send_to_addr(state.as_bytes(), &addr)
+        .with_context(|| format!("notifying the service manager at {}", socket.display()))?;
+    Ok(())
+}
+
 /// Binds the gRPC unix socket: refuses if another live server answers on it, replaces a stale socket
 /// left by a crash, and creates it with mode 0660 owned by `uid:gid`.
 pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
@@ -308,5 +335,27 @@ mod tests {
         // The listener is gone but the file remains, as after a crash.
         assert!(p.exists());
         bind_socket(&p, 0, 0).expect("stale socket replaced");
+    }
+
+    #[test]
+    fn sd_notify_sends_one_datagram_to_a_path_or_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("notify");
+        let rx = UnixDatagram::bind(&p).unwrap();
+        sd_notify(&p, "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        let name = format!("berth-test-notify-{}", std::process::id());
+        let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        sd_notify(Path::new(&format!("@{name}")), "READY=1").unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        let err = sd_notify(&d.path().join("absent"), "READY=1").unwrap_err();
+        assert!(format!("{err:#}").contains("notifying the service manager"), "{err:#}");
     }
 }

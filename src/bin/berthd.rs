@@ -101,6 +101,10 @@ fn run(cli: Cli) -> Result<()> {
         let daemon = berth::server::Daemon::build(config).await?;
         let listener = berth::server::bind_socket(&socket, uid, gid)?;
         tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving");
+        // A Type=notify unit is started once the socket accepts connections (they queue until serve).
+        if let Err(e) = berth::server::notify_ready() {
+            tracing::warn!("{e:#}");
+        }
         let r = daemon.serve(listener, berth::server::shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");

@@ -382,7 +382,7 @@ impl Config {
 }
 
 /// Durations as humantime strings ("5m", "90s", "1h 30m").
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

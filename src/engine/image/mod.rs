@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod archive;
 pub mod auth;
+pub mod dns;
 pub mod hosts;
 pub mod pull;
 pub mod reference;

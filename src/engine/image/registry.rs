@@ -189,7 +189,8 @@ impl Registry {
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(user_agent)
-            .connect_timeout(CONNECT_TIMEOUT.min(opts.progress_timeout));
+            .connect_timeout(CONNECT_TIMEOUT.min(opts.progress_timeout))
+            .dns_resolver(super::dns::SystemResolver);
         if key.direct {
             // As in Go (and so containerd), loopback registries are never reached through a proxy.
             builder = builder.no_proxy();
