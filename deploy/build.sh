@@ -3,7 +3,8 @@
 # Linux node, and the DaemonSet image (Dockerfile) that carries them with the installer.
 #
 #   deploy/build.sh binaries              build berthd, berth-shim, berthctl, berth-pause, berth-install
-#                                         (release, glibc with crt-static) into target/static; print the dir
+#                                         (Cargo.toml's dist profile: release with fat LTO; glibc with
+#                                         crt-static) into target/static; print the dir
 #   deploy/build.sh image [TAG]           the binaries, then the image berth:TAG (default: the crate version)
 #                                         with Debian's buildah, offline (FROM scratch), written as an OCI
 #                                         archive; print the archive's path
@@ -29,11 +30,11 @@ version() { sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1; }
 binaries() {
     local args=() b
     for b in "${bins[@]}"; do args+=(--bin "$b"); done
-    say "building ${bins[*]} (release, static)"
+    say "building ${bins[*]} (dist profile, static)"
     # Only the target's artefacts are static: build scripts and proc macros (host) stay dynamic.
     RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$out \
-        nice -n 10 cargo build --manifest-path "$repo/Cargo.toml" --release --locked --target "$target" "${args[@]}" >&2
-    local dir=$out/$target/release
+        nice -n 10 cargo build --manifest-path "$repo/Cargo.toml" --profile dist --locked --target "$target" "${args[@]}" >&2
+    local dir=$out/$target/dist
     for b in "${bins[@]}"; do
         # A dynamic executable has a program interpreter (PT_INTERP); a static one has none.
         if readelf -lW "$dir/$b" | grep -q 'INTERP'; then
