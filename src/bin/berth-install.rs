@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use berth::install::host::{Direct, Host, HostLock, HostNamespace};
 use berth::install::kube::{self, Kube};
 use berth::install::real::Real;
@@ -78,11 +78,16 @@ fn settings(cli: &Cli) -> Result<Settings> {
     Ok(Settings::load(&cli.settings)?)
 }
 
-/// The API client: the pod's service account, or the copy the pod left for the host units.
+/// The API client: the pod's service account in the pod; on the host (the switch and uninstall
+/// units), the node's own credentials, the kubelet's kubeconfig.
 fn kube_client(on_host: bool, node: &Option<String>) -> Option<(Kube, String)> {
     let node = node.clone()?;
-    let dir = if on_host { PathBuf::from(inst::KUBE_DIR) } else { PathBuf::from(kube::SERVICE_ACCOUNT_DIR) };
-    match Kube::from_dir(&dir) {
+    let client = if on_host {
+        Kube::from_kubeconfig(std::path::Path::new(kube::KUBELET_KUBECONFIG))
+    } else {
+        Kube::from_dir(std::path::Path::new(kube::SERVICE_ACCOUNT_DIR))
+    };
+    match client {
         Ok(k) => Some((k, node)),
         Err(e) => {
             say(&format!("no API access ({e:#}): node labels and readiness are not checked"));
@@ -157,7 +162,15 @@ fn install(cli: &Cli, payload: &std::path::Path, wait: bool, daemonset: Option<&
     } else if plan.switched {
         let mut fx = real;
         if fx.kube.is_some() {
-            inst::execute(&host, &[inst::Step::WaitReady { berth: true }], &mut fx, &mut log)?;
+            // Any Ready heartbeat on berth:// will do: the kubelet reports its status only every
+            // few minutes while nothing changes, and the switch (if it just happened) waited for a
+            // fresh one already.
+            say(&inst::Step::WaitReady { berth: true }.to_string());
+            if let Err(e) = inst::Effects::wait_ready(&mut fx, true, std::time::SystemTime::UNIX_EPOCH) {
+                // The switch unit, waiting for this pod's word, reverts the node now.
+                label(&fx, "failed", Some(&format!("{e:#}")));
+                return Err(e);
+            }
         }
         say("the node runs on berth");
         label(&fx, "true", None);
@@ -265,11 +278,13 @@ fn uninstall(cli: &Cli) -> Result<()> {
     real.kube = kube_client(true, &cli.node);
     let mut log = |s: &str| say(s);
     inst::execute(&host, &steps, &mut real, &mut log)?;
+    // The backups are spent: every file they kept is back.
+    std::fs::remove_dir_all(host.path(inst::STATE_DIR))
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("removing {}", inst::STATE_DIR))?;
     if let Some((k, node)) = &real.kube {
         real.block_on(k.label(node, &[(kube::LABEL, None)], &[("berth.dev/install-error", None)]))?;
     }
-    let _ = std::fs::remove_dir_all(host.path(inst::KUBE_DIR));
-    let _ = std::fs::remove_dir_all(host.path(&format!("{}/backup", inst::STATE_DIR)));
     say("berth is uninstalled; the kubelet runs on its old runtime");
     Ok(())
 }
@@ -277,18 +292,7 @@ fn uninstall(cli: &Cli) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::HostExec { argv } => match berth::install::host::host_exec(argv)? {},
-        Command::Install { payload, wait, daemonset } => {
-            if !cli.dry_run && cli.host_root != std::path::Path::new("/") {
-                // The host unit needs the API too, and has no service account of its own.
-                if let Err(e) = Kube::save_credentials(
-                    std::path::Path::new(kube::SERVICE_ACCOUNT_DIR),
-                    &cli.host_root.join(inst::KUBE_DIR.trim_start_matches('/')),
-                ) {
-                    say(&format!("not saving API credentials for the host units: {e:#}"));
-                }
-            }
-            install(&cli, payload, *wait, daemonset.as_deref())
-        }
+        Command::Install { payload, wait, daemonset } => install(&cli, payload, *wait, daemonset.as_deref()),
         Command::Switch => switch(&cli),
         Command::Uninstall => uninstall(&cli),
     }

@@ -62,6 +62,27 @@ impl Host {
         }
     }
 
+    /// Removes the empty directories under `abs`, and `abs` itself when it ends up empty; files and
+    /// the directories holding them stay.
+    pub fn prune(&self, abs: &str) -> Result<()> {
+        fn walk(dir: &Path) -> std::io::Result<()> {
+            for e in fs::read_dir(dir)? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    walk(&e.path())?;
+                }
+            }
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(()),
+                r => r,
+            }
+        }
+        match walk(&self.path(abs)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.with_context(|| format!("removing the empty directories of {abs}")),
+        }
+    }
+
     pub fn exists(&self, abs: &str) -> bool {
         fs::symlink_metadata(self.path(abs)).is_ok()
     }

@@ -36,8 +36,6 @@ use settings::{InstallCni, Settings};
 pub const STATE_DIR: &str = "/var/lib/berth-install";
 /// Serialises every installer run on a node.
 pub const LOCK: &str = "/run/lock/berth-install.lock";
-/// The API credentials the host units use (copied from the pod's service account).
-pub const KUBE_DIR: &str = "/run/berth-install/kube";
 /// Where berth's binaries go.
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// The binaries the image carries (in `<payload>/bin`).
@@ -70,6 +68,8 @@ pub enum Step {
     Write { path: String, data: Vec<u8>, mode: u32, why: String },
     /// Remove a host file.
     Remove { path: String },
+    /// Remove the empty directories under a host directory (and it, when empty).
+    Prune { path: String },
     /// Run a host command.
     Run { argv: Vec<String> },
     /// Wait until berth's CRI reports RuntimeReady.
@@ -80,6 +80,9 @@ pub enum Step {
     StartSwitch,
     /// Wait until the node is Ready with this runtime (`berth`, or anything else).
     WaitReady { berth: bool },
+    /// Wait until the installer's pod, re-created on berth, confirms the node works on berth (the
+    /// node's label goes to `true`): berth pulled its image and runs its privileged container.
+    WaitConfirmed,
 }
 
 impl fmt::Display for Step {
@@ -87,6 +90,7 @@ impl fmt::Display for Step {
         match self {
             Step::Write { path, mode, why, .. } => write!(f, "write {path} (mode {mode:o}): {why}"),
             Step::Remove { path } => write!(f, "remove {path}"),
+            Step::Prune { path } => write!(f, "remove the empty directories of {path}"),
             Step::Run { argv } => write!(f, "run: {}", argv.join(" ")),
             Step::WaitBerth => write!(f, "wait for berth's CRI socket to report RuntimeReady"),
             Step::RemovePods { endpoint } => write!(f, "stop and remove every pod sandbox on {endpoint}"),
@@ -96,6 +100,11 @@ impl fmt::Display for Step {
             ),
             Step::WaitReady { berth: true } => write!(f, "wait for the node to be Ready on berth://"),
             Step::WaitReady { berth: false } => write!(f, "wait for the node to be Ready on its old runtime"),
+            Step::WaitConfirmed => write!(
+                f,
+                "wait for the installer's pod, re-created on berth, to confirm (label {}=true)",
+                kube::LABEL
+            ),
         }
     }
 }
@@ -338,6 +347,7 @@ pub fn plan_switch(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     steps.push(run(&["systemctl", "daemon-reload"]));
     steps.push(run(&["systemctl", "start", "kubelet.service"]));
     steps.push(Step::WaitReady { berth: true });
+    steps.push(Step::WaitConfirmed);
     Ok(steps)
 }
 
@@ -389,6 +399,9 @@ pub fn plan_revert(host: &Host, berth_endpoint: &str, uninstall: bool) -> Result
             }
         }
         steps.push(run(&["systemctl", "daemon-reload"]));
+        if host.exists("/etc/berth") {
+            steps.push(Step::Prune { path: "/etc/berth".into() });
+        }
         for path in [SWITCH_RECORD, FAILED, INSTALLED] {
             if host.exists(path) {
                 steps.push(Step::Remove { path: path.into() });
@@ -404,6 +417,7 @@ pub trait Effects {
     fn remove_pods(&mut self, host: &Host, endpoint: &str) -> Result<usize>;
     fn start_switch(&mut self, host: &Host) -> Result<()>;
     fn wait_ready(&mut self, berth: bool, since: SystemTime) -> Result<()>;
+    fn wait_confirmed(&mut self) -> Result<()>;
 }
 
 /// Runs the steps in order; stops at the first failure, naming the step.
@@ -420,6 +434,7 @@ pub fn execute(host: &Host, steps: &[Step], fx: &mut dyn Effects, log: &mut dyn 
                 r
             }
             Step::Remove { path } => host.remove(path).map(|_| ()),
+            Step::Prune { path } => host.prune(path),
             Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
             Step::WaitBerth => fx.wait_berth(host),
             Step::RemovePods { endpoint } => {
@@ -427,6 +442,7 @@ pub fn execute(host: &Host, steps: &[Step], fx: &mut dyn Effects, log: &mut dyn 
             }
             Step::StartSwitch => fx.start_switch(host),
             Step::WaitReady { berth } => fx.wait_ready(*berth, since),
+            Step::WaitConfirmed => fx.wait_confirmed(),
         };
         r.with_context(|| format!("step failed: {step}"))?;
     }

@@ -74,6 +74,8 @@ fn payload(tag: &str) -> Payload {
 struct Effs {
     calls: Vec<String>,
     berth_ready_fails: bool,
+    /// The installer's pod on berth never confirms (berth cannot run it).
+    unconfirmed: bool,
 }
 
 impl Effects for Effs {
@@ -93,6 +95,13 @@ impl Effects for Effs {
         self.calls.push(format!("wait_ready berth={berth}"));
         if berth && self.berth_ready_fails {
             bail!("the node Ready on berth://: not within 5m");
+        }
+        Ok(())
+    }
+    fn wait_confirmed(&mut self) -> Result<()> {
+        self.calls.push("wait_confirmed".into());
+        if self.unconfirmed {
+            bail!("no confirmation from the installer's pod on berth: not within 5m");
         }
         Ok(())
     }
@@ -194,7 +203,14 @@ fn switch_points_the_kubelet_at_berth_and_a_second_switch_only_waits() {
     install(&node, "v1");
     let mut fx = Effs::default();
     switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap();
-    assert_eq!(fx.calls, [format!("remove_pods {CONTAINERD_ENDPOINT}"), "wait_ready berth=true".to_string()]);
+    assert_eq!(
+        fx.calls,
+        [
+            format!("remove_pods {CONTAINERD_ENDPOINT}"),
+            "wait_ready berth=true".into(),
+            "wait_confirmed".into()
+        ]
+    );
     let read = |p| node.host.read_string(p).unwrap().unwrap();
     assert!(
         read(FLAGS_ENV)
@@ -250,6 +266,31 @@ fn a_failed_switch_reverts_every_kubelet_file_and_is_not_retried() {
 }
 
 #[test]
+fn a_node_ready_on_berth_whose_installer_pod_never_confirms_is_reverted() {
+    // The kubelet reports Ready on berth before it runs any pod: only the installer's own pod,
+    // running on berth, proves berth runs pods on this node.
+    let node = kind_node();
+    install(&node, "v1");
+    let before = snapshot(&node.host);
+    let mut fx = Effs { unconfirmed: true, ..Default::default() };
+    let err = switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("step failed: wait for the installer's pod, re-created on berth, to confirm"),
+        "{err}"
+    );
+    let i = |c: &str| fx.calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("{c} in {:?}", fx.calls));
+    assert!(i("wait_ready berth=true") < i("wait_confirmed"));
+    assert!(i("wait_confirmed") < i(&format!("remove_pods {BERTH_EP}")));
+    assert_eq!(fx.calls.last().unwrap(), "wait_ready berth=false");
+    let after = snapshot(&node.host);
+    for path in [FLAGS_ENV, KUBELET_CONFIG, DEFAULT_KUBELET, CRICTL_YAML] {
+        assert_eq!(after.get(path), before.get(path), "{path} restored byte for byte");
+    }
+    assert!(node.active.lock().unwrap().contains("containerd.service"));
+    assert!(previous_failure(&node.host, "v1").unwrap().is_some());
+}
+
+#[test]
 fn uninstall_puts_every_file_back_and_removes_berths() {
     let node = kind_node();
     let original = snapshot(&node.host);
@@ -259,7 +300,8 @@ fn uninstall_puts_every_file_back_and_removes_berths() {
     let steps = plan_revert(&node.host, BERTH_EP, true).unwrap();
     let mut fx = Effs::default();
     execute(&node.host, &steps, &mut fx, &mut |_| {}).unwrap();
-    let _ = std::fs::remove_dir_all(node.host.path(&format!("{STATE_DIR}/backup")));
+    assert!(!node.host.exists("/etc/berth"), "berth's emptied directories go too");
+    let _ = std::fs::remove_dir_all(node.host.path(STATE_DIR)); // as `berth-install uninstall` ends
     let mut now = snapshot(&node.host);
     now.retain(|p, _| !p.starts_with("/run/lock/"));
     assert_eq!(now, original, "only the node's own files are left, as they were");
@@ -279,6 +321,20 @@ fn berth_cni_goes_in_only_on_a_node_without_a_network() {
     // Now that it is berth's own, it stays managed (and a second run changes nothing).
     let (again, _) = install(&node, "v1");
     assert!(!writes(&again.steps).contains(&CNI_CONF));
+}
+
+#[test]
+fn prune_removes_empty_directories_only() {
+    let node = kind_node();
+    node.host.write_if_changed("/etc/berth/certs.d/a/hosts.toml", b"x", 0o644).unwrap();
+    std::fs::create_dir_all(node.host.path("/etc/berth/certs.d/b/c")).unwrap();
+    node.host.prune("/etc/berth").unwrap();
+    assert!(node.host.exists("/etc/berth/certs.d/a/hosts.toml"));
+    assert!(!node.host.exists("/etc/berth/certs.d/b"));
+    node.host.remove("/etc/berth/certs.d/a/hosts.toml").unwrap();
+    node.host.prune("/etc/berth").unwrap();
+    assert!(!node.host.exists("/etc/berth") && node.host.exists("/etc"));
+    node.host.prune("/etc/berth").unwrap(); // already gone: fine
 }
 
 #[test]
