@@ -116,6 +116,29 @@ pub fn bind_socket(path: &Path, uid: u32, gid: u32) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Exists while systemd is the init system (sd_booted(3)); runc checks the same directory.
+const SYSTEMD_RUNNING: &str = "/run/systemd/system";
+
+/// The systemd driver needs systemd: without it every runc call would fail, and the kubelet (which
+/// follows the driver berth reports) would make pod slices nobody can start. The cgroupfs driver on
+/// a systemd node works, but runs beside systemd's own cgroup management, so it is only warned
+/// about; there, berthd's unit needs `KillMode=process` so that a restart leaves the shims alone.
+fn check_cgroup_driver(driver: crate::config::CgroupDriver, systemd_running: &Path) -> Result<()> {
+    use crate::config::CgroupDriver;
+    match (driver, systemd_running.is_dir()) {
+        (CgroupDriver::Systemd, false) => bail!(
+            "cri.cgroup_driver is \"systemd\" but systemd is not the init system ({} is missing)",
+            systemd_running.display()
+        ),
+        (CgroupDriver::Cgroupfs, true) => tracing::warn!(
+            "cri.cgroup_driver is \"cgroupfs\" on a node run by systemd; the kubelet follows berth's driver, \
+             and \"systemd\" is what such nodes should use"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Everything berthd serves, built from the configuration.
 pub struct Daemon {
     pub config: Arc<Config>,
@@ -132,6 +155,7 @@ impl Daemon {
     /// Builds the components. The caller holds the root lock.
     pub async fn build(config: Config) -> Result<Daemon> {
         let config = Arc::new(config);
+        check_cgroup_driver(config.cri.cgroup_driver, Path::new(SYSTEMD_RUNNING))?;
         // 0711 as containerd's: the CRI socket may live in the state dir, and nothing inside is
         // reachable because every entry is private.
         for dir in [&config.root, &config.state] {
@@ -310,6 +334,19 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_driver_needs_systemd() {
+        use crate::config::CgroupDriver;
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("system");
+        let err = check_cgroup_driver(CgroupDriver::Systemd, &marker).unwrap_err().to_string();
+        assert!(err.contains("systemd is not the init system"), "{err}");
+        check_cgroup_driver(CgroupDriver::Cgroupfs, &marker).unwrap();
+        std::fs::create_dir(&marker).unwrap();
+        check_cgroup_driver(CgroupDriver::Systemd, &marker).unwrap();
+        check_cgroup_driver(CgroupDriver::Cgroupfs, &marker).unwrap();
+    }
 
     #[test]
     fn second_lock_on_the_same_root_is_refused() {

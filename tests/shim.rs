@@ -841,3 +841,149 @@ fn gone(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_or(true, |s| s.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
 }
+
+/// Stand-ins in `<dir>/bin`: a `systemd-run` that records its arguments and the service manager's
+/// variables it was given, then runs the command after `--` (as `systemd-run --scope` execs it once
+/// the scope exists), and a runc wrapper that records each command line and drops
+/// `--systemd-cgroup` (this machine has no systemd) before running runc.
+fn systemd_stand_ins(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let d = dir.display();
+    let systemd_run = format!(
+        "#!/bin/sh\n{{ printf '%s\\n' \"$@\"; env | grep -E '^(NOTIFY_SOCKET|INVOCATION_ID|LISTEN_FDS)=' ; }} > {d}/systemd-run.log\n\
+         while [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n"
+    );
+    let runc = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {d}/runtime.log\n\
+         for a; do shift; [ \"$a\" = --systemd-cgroup ] || set -- \"$@\" \"$a\"; done\nexec {RUNC} \"$@\"\n"
+    );
+    for (name, script) in [("systemd-run", systemd_run), ("runc", runc)] {
+        std::fs::write(bin.join(name), script).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+/// A pod's whole life with one cgroup driver, through the stand-ins: the shim's start (as berthd
+/// runs it from a systemd unit), create, start, exec, update, kill, wait, delete, run, and the
+/// cleanup after a shim's death. Returns the runtime's command lines and the stand-in
+/// systemd-run's record, if it ran.
+async fn lifecycle_with_driver(systemd_cgroup: bool) -> (Vec<String>, Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = systemd_stand_ins(tmp.path());
+    let runtime = bin.join("runc");
+    let runtime_root = tmp.path().join("runtime-root");
+    let dir = tmp.path().join("pods/pod1");
+    let mut opts = LaunchOptions::new(env!("CARGO_BIN_EXE_berth-shim"), "pod1", &dir, &runtime);
+    opts.runtime_root = Some(runtime_root.clone());
+    opts.systemd_cgroup = systemd_cgroup;
+    // `berth-shim start` as `task::launch` runs it, but with the stand-ins first in PATH and the
+    // variables systemd gives berthd's unit.
+    let mut start = Command::new(&opts.shim_binary);
+    start.arg("start").args(["--id", "pod1", "--dir"]).arg(&dir).arg("--runtime").arg(&runtime);
+    start.arg("--runtime-root").arg(&runtime_root);
+    if systemd_cgroup {
+        start.arg("--systemd-cgroup");
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    start.env("PATH", path).env("NOTIFY_SOCKET", "/run/systemd/notify");
+    start.env("INVOCATION_ID", "0123456789abcdef").env("LISTEN_FDS", "1");
+    let out = start.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "berth-shim start: {out:?}");
+    let client = ShimClient::connect(&dir).await.unwrap();
+    let mut pod = Pod { tmp, runtime, runtime_root, client, created: Vec::new() };
+
+    let environ = std::fs::read(format!("/proc/{}/environ", pod.shim_pid())).unwrap();
+    for var in environ.split(|b| *b == 0).map(String::from_utf8_lossy) {
+        assert!(
+            !["NOTIFY_SOCKET=", "INVOCATION_ID=", "LISTEN_FDS="].iter().any(|v| var.starts_with(v)),
+            "the shim inherited {var}"
+        );
+    }
+
+    pod.create("c", &["sleep", "1000"], |_| {}).await;
+    pod.client.start("c").await.unwrap();
+    let r = pod.client.exec_sync(&exec("c", &["true"], Duration::from_secs(10), 0)).await.unwrap();
+    assert_eq!(r.exit_code, 0);
+    pod.client.update("c", br#"{"memory":{"limit":67108864}}"#).await.unwrap();
+    pod.client.kill("c", 9, false).await.unwrap();
+    assert_eq!(pod.client.wait("c").await.unwrap().exit_code, 137);
+    pod.client.delete("c").await.unwrap();
+    let run = pod.bundle("r", &["true"]);
+    pod.client.run(&run).await.unwrap();
+    assert_eq!(pod.client.wait("r").await.unwrap().exit_code, 0);
+    pod.client.delete("r").await.unwrap();
+
+    running_box(&mut pod).await;
+    let shim_pid = pod.shim_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::SIGKILL).unwrap();
+    wait_until("the shim to die", || gone(shim_pid)).await;
+    task::cleanup(&opts).await.expect("cleanup after the shim died");
+
+    let lines = std::fs::read_to_string(pod.tmp.path().join("runtime.log")).unwrap();
+    let systemd_run = std::fs::read_to_string(pod.tmp.path().join("systemd-run.log")).ok();
+    (lines.lines().map(String::from).collect(), systemd_run)
+}
+
+/// The verb of a recorded runtime command line (after the global options).
+fn verb(line: &str) -> &str {
+    let mut words = line.split(' ');
+    while let Some(w) = words.next() {
+        match w {
+            "--root" | "--log" | "--log-format" => {
+                words.next();
+            }
+            w if w.starts_with("--") => {}
+            w => return w,
+        }
+    }
+    ""
+}
+
+#[tokio::test]
+async fn systemd_driver_reaches_every_runtime_call_and_gives_the_shim_its_scope() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let (lines, systemd_run) = lifecycle_with_driver(true).await;
+    let verbs: std::collections::BTreeSet<&str> = lines.iter().map(|l| verb(l)).collect();
+    for v in ["create", "start", "exec", "update", "kill", "delete", "run", "state"] {
+        assert!(verbs.contains(v), "no {v} call in {lines:#?}");
+    }
+    for line in &lines {
+        assert!(line.contains("--log-format json --systemd-cgroup "), "{line}");
+    }
+    let systemd_run = systemd_run.expect("the shim was started through systemd-run");
+    let args: Vec<&str> = systemd_run.lines().collect();
+    assert_eq!(
+        args[..8],
+        [
+            "--scope",
+            "--quiet",
+            "--collect",
+            "--unit=berth-shim-pod1.scope",
+            "--slice=system.slice",
+            "--description=berth shim of pod pod1",
+            "--",
+            env!("CARGO_BIN_EXE_berth-shim"),
+        ]
+    );
+    assert_eq!(args[8], "serve");
+    assert_eq!(args.last(), Some(&"--systemd-cgroup"), "{args:?}");
+    assert!(!args.iter().any(|a| a.contains('=') && !a.starts_with("--")), "unit variables: {args:?}");
+}
+
+#[tokio::test]
+async fn cgroupfs_driver_runs_no_systemd_run_and_passes_no_flag() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let (lines, systemd_run) = lifecycle_with_driver(false).await;
+    assert!(lines.iter().any(|l| verb(l) == "create") && lines.iter().any(|l| verb(l) == "delete"));
+    for line in &lines {
+        assert!(!line.contains("--systemd-cgroup"), "{line}");
+    }
+    assert_eq!(systemd_run, None);
+}

@@ -26,7 +26,7 @@ use super::image::ImageService;
 use super::spec::RuntimeEnv;
 use super::spec::apparmor::AppArmor;
 use super::store::{ContainerState, SandboxRecord, SandboxState, Store};
-use crate::config::{Config, RuntimeHandler};
+use crate::config::{CgroupDriver, Config, RuntimeHandler};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{LogDropped, Metrics};
@@ -191,6 +191,7 @@ impl Pods {
             handler.root.clone()
         });
         o.runtime_args = handler.options.clone();
+        o.systemd_cgroup = self.env.cgroup_driver == CgroupDriver::Systemd;
         o.log_line_max = self.config.cri.max_container_log_line_size;
         o
     }
@@ -622,12 +623,20 @@ pub(crate) mod fixture {
     }
 
     pub(crate) async fn test_pods(stdin_once: bool, netns: Option<PathBuf>) -> TestPods {
+        test_pods_with(stdin_once, netns, CgroupDriver::Cgroupfs).await
+    }
+
+    /// [`test_pods`] with the given cgroup driver.
+    pub(crate) async fn test_pods_with(
+        stdin_once: bool,
+        netns: Option<PathBuf>,
+        driver: CgroupDriver,
+    ) -> TestPods {
         let tmp = tempfile::tempdir().unwrap();
-        let config = Arc::new(Config {
-            root: tmp.path().join("root"),
-            state: tmp.path().join("state"),
-            ..Default::default()
-        });
+        let mut config =
+            Config { root: tmp.path().join("root"), state: tmp.path().join("state"), ..Default::default() };
+        config.cri.cgroup_driver = driver;
+        let config = Arc::new(config);
         let engine = Engine::open(EngineOptions::from_config(&config)).unwrap();
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let images = Arc::new(ImageService::new(engine.clone(), &config, metrics.clone()));
@@ -696,6 +705,18 @@ pub(crate) mod fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn shims_get_the_cgroup_driver_in_their_launch_options() {
+        for (driver, systemd) in [(CgroupDriver::Cgroupfs, false), (CgroupDriver::Systemd, true)] {
+            let t = fixture::test_pods_with(false, None, driver).await;
+            let (name, mut handler) = t.pods.handler("").unwrap();
+            handler.options = vec!["--debug".into()];
+            let o = t.pods.launch_options("sb1", &name, &handler);
+            assert_eq!(o.systemd_cgroup, systemd, "{driver:?}");
+            assert_eq!(o.runtime_args, ["--debug"], "the flag is the shim's to add, once");
+        }
+    }
 
     /// The shim's exit event and a Stop waiting for the same exit both report it: however they
     /// interleave, the kubelet gets one ContainerStoppedEvent for the container and one for the sandbox.

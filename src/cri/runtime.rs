@@ -146,7 +146,8 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         _r: Request<api::RuntimeConfigRequest>,
     ) -> Result<Response<api::RuntimeConfigResponse>, Status> {
         rpc(&self.metrics, "RuntimeConfig", "", async {
-            let driver = match self.config.cri.cgroup_driver {
+            // The driver the specs and shims are made with; the kubelet (1.31+) adopts it.
+            let driver = match self.pods.env.cgroup_driver {
                 CgroupDriver::Systemd => api::CgroupDriver::Systemd,
                 CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
             };

@@ -75,6 +75,9 @@ pub struct ShimConfig {
     pub runtime_args: Vec<String>,
     /// The longest CRI log record; longer lines are split.
     pub log_line_max: usize,
+    /// The pod uses the systemd cgroup driver: every runtime call gets `--systemd-cgroup`, and the
+    /// shim serves from its own transient scope ([`scope_unit`]) rather than its launcher's cgroup.
+    pub systemd_cgroup: bool,
     /// The cgroup mount point, where OOM kills are counted.
     pub cgroup_root: PathBuf,
 }
@@ -93,8 +96,8 @@ pub enum ShimCommand {
 
 impl ShimConfig {
     /// Parses `start|serve --id ID --dir DIR --runtime BIN [--runtime-root DIR]
-    /// [--runtime-arg ARG]... [--log-line-max N]` (also `--flag=value`). A `--runtime-arg` value
-    /// is taken verbatim, even when it starts with dashes.
+    /// [--runtime-arg ARG]... [--log-line-max N] [--systemd-cgroup]` (also `--flag=value`). A
+    /// `--runtime-arg` value is taken verbatim, even when it starts with dashes.
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(ShimCommand, ShimConfig)> {
         let mut args = args.into_iter();
         let command = match args.next().as_deref().and_then(|a| a.to_str()) {
@@ -109,6 +112,7 @@ impl ShimConfig {
         };
         let (mut id, mut dir, mut runtime, mut root, mut line_max) = (None, None, None, None, None);
         let mut runtime_args = Vec::new();
+        let mut systemd_cgroup = false;
         while let Some(arg) = args.next() {
             let arg =
                 arg.into_string().map_err(|a| Error::invalid(format!("argument {a:?} is not UTF-8")))?;
@@ -131,6 +135,7 @@ impl ShimConfig {
                 "--runtime" => runtime = Some(PathBuf::from(value()?)),
                 "--runtime-root" => root = Some(PathBuf::from(value()?)),
                 "--runtime-arg" => runtime_args.push(value()?),
+                "--systemd-cgroup" if inline.is_none() => systemd_cgroup = true,
                 "--log-line-max" => {
                     let v = value()?;
                     let n = v.parse::<usize>().ok().filter(|&n| n > 0);
@@ -149,10 +154,17 @@ impl ShimConfig {
             runtime_root: root,
             runtime_args,
             log_line_max: line_max.unwrap_or(DEFAULT_LOG_LINE_MAX),
+            systemd_cgroup,
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
         };
         if !config.dir.is_absolute() {
             return Err(Error::invalid(format!("--dir must be absolute, not {:?}", config.dir)));
+        }
+        if config.systemd_cgroup && !valid_unit_part(&config.id) {
+            return Err(Error::invalid(format!(
+                "--id {:?} cannot name a systemd unit (letters, digits, '-', '_', '.' and ':' only)",
+                config.id
+            )));
         }
         Ok((command, config))
     }
@@ -170,6 +182,9 @@ impl ShimConfig {
             args.extend(["--runtime-arg".into(), a.into()]);
         }
         args.extend(["--log-line-max".into(), self.log_line_max.to_string().into()]);
+        if self.systemd_cgroup {
+            args.push("--systemd-cgroup".into());
+        }
         args
     }
 
@@ -229,15 +244,14 @@ pub fn start(config: &ShimConfig) -> Result<PathBuf> {
         .append(true)
         .open(&log_path)
         .context(|| format!("opening {}", log_path.display()))?;
-    // The installed path, so `ps` and `pgrep berth-shim` show the shims; /proc/self/exe only if the
-    // binary was replaced or removed since this process started.
+    // The installed path, so `ps` and `pgrep berth-shim` show the shims; this process's
+    // /proc/<pid>/exe only if the binary was replaced or removed since it started (by pid, not
+    // "self": systemd-run resolves the path, and this process lives until the shim is ready).
     let exe = std::env::current_exe()
         .ok()
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .args(config.to_args())
+        .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())));
+    let mut child = serve_command(&exe, config)
         .process_group(0)
         // Not pinning whatever directory (and mount) the caller runs in.
         .current_dir("/")
@@ -266,6 +280,75 @@ pub fn start(config: &ShimConfig) -> Result<PathBuf> {
         config.id,
         log_tail(&log_path)
     )))
+}
+
+/// The slice of the shims' scopes with the systemd cgroup driver. Not the pod's own slice, as
+/// CRI-O does with conmon: the kubelet stops a pod's slice, killing all it holds, once the pod's
+/// containers are gone (berth needs the shim until RemovePodSandbox), and a shim there counts
+/// against the pod's memory limit, so an OOM kill could take the shim that records the exits.
+/// containerd's shims are in system.slice too (inside containerd.service).
+pub const SCOPE_SLICE: &str = "system.slice";
+/// Runs a command in a new transient scope; on every systemd node.
+const SYSTEMD_RUN: &str = "systemd-run";
+/// The longest systemd unit name.
+const UNIT_NAME_MAX: usize = 255;
+
+/// The transient scope unit the shim of pod `id` serves from with the systemd cgroup driver.
+pub fn scope_unit(id: &str) -> String {
+    format!("berth-shim-{id}.scope")
+}
+
+fn valid_unit_part(id: &str) -> bool {
+    !id.is_empty()
+        && scope_unit(id).len() <= UNIT_NAME_MAX
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// What a service manager sets for the unit that runs berthd (systemd.exec(5)) and must not reach
+/// a shim that outlives it: the notify and watchdog channels (runc would proxy sd_notify for a
+/// container), socket activation, and the unit's identity, journal stream, pressure file and
+/// credentials, which all belong to berthd's unit.
+const SERVICE_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "INVOCATION_ID",
+    "SYSTEMD_EXEC_PID",
+    "MAINPID",
+    "MANAGERPID",
+    "JOURNAL_STREAM",
+    "MEMORY_PRESSURE_WATCH",
+    "MEMORY_PRESSURE_WRITE",
+    "CREDENTIALS_DIRECTORY",
+];
+
+/// The command that becomes the serving shim: `<exe> serve <config>`, with the systemd cgroup
+/// driver through `systemd-run --scope`, which asks systemd (over its private socket when root, no
+/// dbus-daemon needed) for the shim's own scope in [`SCOPE_SLICE`], moves itself there and execs
+/// the shim. So the shim and the runtimes it runs leave the launcher's cgroup (berthd's unit, whose
+/// stop or restart would kill them) before they start; `--collect` lets systemd forget the scope
+/// once the shim is gone, even after a kill.
+fn serve_command(exe: &Path, config: &ShimConfig) -> Command {
+    let mut cmd = if config.systemd_cgroup {
+        let mut cmd = Command::new(SYSTEMD_RUN);
+        cmd.args(["--scope", "--quiet", "--collect"])
+            .arg(format!("--unit={}", scope_unit(&config.id)))
+            .arg(format!("--slice={SCOPE_SLICE}"))
+            .arg(format!("--description=berth shim of pod {}", config.id))
+            .arg("--")
+            .arg(exe);
+        cmd
+    } else {
+        Command::new(exe)
+    };
+    cmd.arg("serve").args(config.to_args());
+    for var in SERVICE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// The last line of the shim's log, for error messages.
@@ -433,6 +516,82 @@ mod tests {
         assert_eq!(config.socket(), Path::new("/run/berth/pods/pod1/shim.sock"));
         let again = ShimConfig::parse(std::iter::once("serve".into()).chain(config.to_args())).unwrap();
         assert_eq!(again, (ShimCommand::Serve, config));
+    }
+
+    #[test]
+    fn systemd_cgroup_round_trips_and_needs_a_unit_name() {
+        let base = ["serve", "--id", "0123abcd", "--dir", "/d", "--runtime", "runc"];
+        let (_, config) = parse(&[&base[..], &["--systemd-cgroup"]].concat()).unwrap();
+        assert!(config.systemd_cgroup);
+        assert!(config.to_args().contains(&"--systemd-cgroup".into()));
+        let again = ShimConfig::parse(std::iter::once("serve".into()).chain(config.to_args())).unwrap();
+        assert_eq!(again.1, config);
+        let (_, plain) = parse(&base).unwrap();
+        assert!(!plain.systemd_cgroup && !plain.to_args().contains(&"--systemd-cgroup".into()));
+        assert!(parse(&[&base[..], &["--systemd-cgroup=false"]].concat()).is_err());
+        // The id becomes part of a unit name with the systemd driver only.
+        let odd = ["serve", "--id", "a/b c", "--dir", "/d", "--runtime", "runc"];
+        assert!(parse(&odd).is_ok());
+        let err = parse(&[&odd[..], &["--systemd-cgroup"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("systemd unit"), "{err}");
+        let long = "a".repeat(250);
+        assert!(
+            parse(&["serve", "--id", &long, "--dir", "/d", "--runtime", "r", "--systemd-cgroup"]).is_err()
+        );
+    }
+
+    #[test]
+    fn systemd_shims_serve_from_their_own_scope_in_system_slice() {
+        let (_, mut config) =
+            parse(&["start", "--id", "0123abcd", "--dir", "/run/berth/pods/0123abcd", "--runtime", "runc"])
+                .unwrap();
+        let exe = Path::new("/usr/local/bin/berth-shim");
+        let args =
+            |cmd: &Command| cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+
+        let plain = serve_command(exe, &config);
+        assert_eq!(plain.get_program(), exe);
+        let mut expected = vec!["serve".to_string()];
+        expected.extend(config.to_args().iter().map(|a| a.to_string_lossy().into_owned()));
+        assert_eq!(args(&plain), expected);
+
+        config.systemd_cgroup = true;
+        let scoped = serve_command(exe, &config);
+        assert_eq!(scoped.get_program(), "systemd-run");
+        let mut expected: Vec<String> = [
+            "--scope",
+            "--quiet",
+            "--collect",
+            "--unit=berth-shim-0123abcd.scope",
+            "--slice=system.slice",
+            "--description=berth shim of pod 0123abcd",
+            "--",
+            "/usr/local/bin/berth-shim",
+            "serve",
+        ]
+        .map(String::from)
+        .to_vec();
+        expected.extend(config.to_args().iter().map(|a| a.to_string_lossy().into_owned()));
+        assert_eq!(args(&scoped), expected);
+        assert_eq!(expected.last().map(String::as_str), Some("--systemd-cgroup"));
+
+        for cmd in [plain, scoped] {
+            let removed: Vec<_> = cmd
+                .get_envs()
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect();
+            for var in [
+                "NOTIFY_SOCKET",
+                "LISTEN_FDS",
+                "LISTEN_PID",
+                "INVOCATION_ID",
+                "WATCHDOG_USEC",
+                "JOURNAL_STREAM",
+            ] {
+                assert!(removed.iter().any(|r| r == var), "{var} reaches the shim");
+            }
+        }
     }
 
     #[test]

@@ -26,6 +26,9 @@ use crate::error::{Context, Error, ErrorKind, Result};
 /// How long one runtime invocation may take before it is killed.
 pub const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The global option that makes runc and crun manage cgroups through systemd.
+pub const SYSTEMD_CGROUP: &str = "--systemd-cgroup";
+
 /// The longest runtime message kept in an error.
 const MAX_MESSAGE: usize = 4096;
 
@@ -64,14 +67,31 @@ impl RuntimeDriver {
         RuntimeDriver { binary, root, args, reaper, seq: AtomicU64::new(0) }
     }
 
-    /// The runtime a shim configuration names, with its root and global options.
+    /// The runtime a shim configuration names, with its root and global options: with the systemd
+    /// cgroup driver `--systemd-cgroup` comes first (runc and crun alike take it), on every call:
+    /// runc up to 1.1 (Debian 12's) picks the cgroup manager of an existing container (kill,
+    /// delete, update …) by the flag, not by what the container was created with.
     pub fn for_config(config: &super::ShimConfig, reaper: Arc<Mutex<Reaper>>) -> Self {
-        RuntimeDriver::new(
-            config.runtime.clone(),
-            config.runtime_root.clone(),
-            config.runtime_args.iter().map(Into::into).collect(),
-            reaper,
-        )
+        let mut args: Vec<OsString> = Vec::new();
+        if config.systemd_cgroup && !config.runtime_args.iter().any(|a| a == SYSTEMD_CGROUP) {
+            args.push(SYSTEMD_CGROUP.into());
+        }
+        args.extend(config.runtime_args.iter().map(Into::into));
+        RuntimeDriver::new(config.runtime.clone(), config.runtime_root.clone(), args, reaper)
+    }
+
+    /// `<binary> [--root R] --log <log_path> --log-format json <args> <command...>`.
+    fn command(&self, log_path: &Path, command: &[&OsStr]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(root) = &self.root {
+            cmd.arg("--root").arg(root);
+        }
+        cmd.arg("--log").arg(log_path).arg("--log-format").arg("json");
+        cmd.args(&self.args).args(command);
+        // Inherited from a berthd run by systemd, it would make runc proxy sd_notify for the
+        // container and `start` wait for a READY=1 that never comes.
+        cmd.env_remove("NOTIFY_SOCKET");
+        cmd
     }
 
     /// Runs `<binary> [--root R] --log F --log-format json <args> <command...>` and waits for it.
@@ -91,15 +111,7 @@ impl RuntimeDriver {
         let name = self.binary.file_name().unwrap_or(self.binary.as_os_str()).to_string_lossy().into_owned();
         let verb = command.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
 
-        let mut cmd = Command::new(&self.binary);
-        if let Some(root) = &self.root {
-            cmd.arg("--root").arg(root);
-        }
-        cmd.arg("--log").arg(&log_path).arg("--log-format").arg("json");
-        cmd.args(&self.args).args(command);
-        // Inherited from a berthd run by systemd, it would make runc proxy sd_notify for the
-        // container and `start` wait for a READY=1 that never comes.
-        cmd.env_remove("NOTIFY_SOCKET");
+        let mut cmd = self.command(&log_path, command);
         cmd.stdin(stdio.stdin).stdout(stdio.stdout);
         let captured = stdio.stderr.is_none();
         match stdio.stderr {
@@ -200,6 +212,83 @@ impl Drop for RemoveOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn driver(systemd_cgroup: bool, runtime_args: &[&str]) -> RuntimeDriver {
+        let (_, mut config) = super::super::ShimConfig::parse(
+            ["serve", "--id", "p", "--dir", "/d", "--runtime", "runc", "--runtime-root", "/r"]
+                .map(OsString::from),
+        )
+        .unwrap();
+        config.systemd_cgroup = systemd_cgroup;
+        config.runtime_args = runtime_args.iter().map(|a| a.to_string()).collect();
+        RuntimeDriver::for_config(&config, Arc::default())
+    }
+
+    fn argv(driver: &RuntimeDriver, command: &[&str]) -> Vec<String> {
+        let command: Vec<&OsStr> = command.iter().map(OsStr::new).collect();
+        let cmd = driver.command(Path::new("/c/runtime-0.log"), &command);
+        assert_eq!(cmd.get_program(), "runc");
+        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    /// Every call the shim makes, by the command lines of server.rs and reclaim.rs.
+    const CALLS: &[&[&str]] = &[
+        &["create", "--bundle", "/b", "--pid-file", "/c/init.pid", "c"],
+        &["run", "--detach", "--bundle", "/b", "--pid-file", "/c/init.pid", "c"],
+        &["start", "c"],
+        &["exec", "--process", "/c/exec-0.json", "--detach", "--pid-file", "/c/exec-0.pid", "c"],
+        &["kill", "--all", "c", "9"],
+        &["update", "--resources", "/c/update-0.json", "c"],
+        &["state", "c"],
+        &["delete", "c"],
+        &["delete", "--force", "c"],
+        &["events", "--stats", "c"],
+        &["pause", "c"],
+        &["resume", "c"],
+    ];
+
+    #[test]
+    fn systemd_driver_puts_the_flag_on_every_call() {
+        let d = driver(true, &["--debug"]);
+        for call in CALLS {
+            let args = argv(&d, call);
+            let mut expected: Vec<String> = [
+                "--root",
+                "/r",
+                "--log",
+                "/c/runtime-0.log",
+                "--log-format",
+                "json",
+                "--systemd-cgroup",
+                "--debug",
+            ]
+            .map(String::from)
+            .to_vec();
+            expected.extend(call.iter().map(|a| a.to_string()));
+            assert_eq!(args, expected, "{call:?}");
+        }
+        // Named in the handler's options already: not twice.
+        let d = driver(true, &["--systemd-cgroup"]);
+        let args = argv(&d, &["start", "c"]);
+        assert_eq!(args.iter().filter(|a| *a == SYSTEMD_CGROUP).count(), 1, "{args:?}");
+    }
+
+    #[test]
+    fn cgroupfs_driver_has_no_flag() {
+        let d = driver(false, &[]);
+        for call in CALLS {
+            let args = argv(&d, call);
+            assert!(!args.iter().any(|a| a == SYSTEMD_CGROUP), "{args:?}");
+            assert_eq!(args[..6], ["--root", "/r", "--log", "/c/runtime-0.log", "--log-format", "json"]);
+            assert_eq!(args[6..], call.iter().map(|a| a.to_string()).collect::<Vec<_>>()[..]);
+        }
+    }
+
+    #[test]
+    fn runtime_calls_do_not_inherit_the_notify_socket() {
+        let cmd = driver(true, &[]).command(Path::new("/l"), &[OsStr::new("start")]);
+        assert!(cmd.get_envs().any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_none()));
+    }
 
     #[test]
     fn error_comes_from_the_last_error_line_of_the_json_log() {

@@ -41,6 +41,7 @@ async fn run_shim_command(opts: &LaunchOptions, command: &str, timeout: Duration
         runtime_root: opts.runtime_root.clone(),
         runtime_args: opts.runtime_args.clone(),
         log_line_max: opts.log_line_max,
+        systemd_cgroup: opts.systemd_cgroup,
         cgroup_root: PathBuf::from(shim::cgroup::CGROUP_ROOT),
     };
     let mut cmd = tokio::process::Command::new(&opts.shim_binary);

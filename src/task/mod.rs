@@ -47,6 +47,9 @@ pub struct LaunchOptions {
     pub runtime_root: Option<PathBuf>,
     /// Extra global runtime options.
     pub runtime_args: Vec<String>,
+    /// The pod's cgroups are managed through systemd: the runtime gets `--systemd-cgroup` on every
+    /// call and the shim runs in its own scope (see [`crate::shim::ShimConfig::systemd_cgroup`]).
+    pub systemd_cgroup: bool,
     /// The longest CRI log record.
     pub log_line_max: usize,
     /// How long `berth-shim start` may take.
@@ -70,6 +73,7 @@ impl LaunchOptions {
             runtime: runtime.into(),
             runtime_root: None,
             runtime_args: Vec::new(),
+            systemd_cgroup: false,
             log_line_max: shim::DEFAULT_LOG_LINE_MAX,
             start_timeout: DEFAULT_START_TIMEOUT,
             call_timeout: DEFAULT_CALL_TIMEOUT,

@@ -233,17 +233,26 @@ pub fn detect_runtime_env(cgroup_driver: CgroupDriver) -> Result<RuntimeEnv> {
 }
 
 /// The OCI `linux.cgroupsPath` of a sandbox or container: `<parent>/<id>` with the cgroupfs
-/// driver; `<slice>:berth:<id>` with the systemd driver (containerd says "cri-containerd"). Without
-/// a parent, cgroupfs uses `/k8s.io/<id>` as containerd does for its k8s.io namespace.
-pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
+/// driver; `<slice>:berth:<id>` with the systemd driver, the slice being the last element of the
+/// parent (the kubelet gives `/kubepods.slice/…/kubepods-…-pod<uid>.slice`), which runc turns into
+/// the unit `berth-<id>.scope` in that slice (containerd: `<slice>:cri-containerd:<id>`). Without a
+/// parent, cgroupfs uses `/k8s.io/<id>` as containerd does for its k8s.io namespace, and systemd
+/// runc's default slice, system.slice. A systemd parent that is not a slice is refused, as CRI-O
+/// does: the kubelet and berth disagree on the driver, and the pod's limits would be lost.
+pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> Result<String> {
     match driver {
         CgroupDriver::Systemd => {
             let base = parent.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-            let slice = if base.ends_with(".slice") { base } else { "" };
-            format!("{slice}:berth:{id}")
+            if !base.is_empty() && !base.ends_with(".slice") {
+                return Err(Error::invalid(format!(
+                    "cgroup parent {parent:?} is not a systemd slice (\"<name>.slice\"), but berth uses \
+                     the systemd cgroup driver (cri.cgroup_driver): the kubelet's cgroup driver must match"
+                )));
+            }
+            Ok(format!("{base}:berth:{id}"))
         }
-        CgroupDriver::Cgroupfs if parent.is_empty() => format!("/k8s.io/{id}"),
-        CgroupDriver::Cgroupfs => mounts::clean(&format!("{parent}/{id}")),
+        CgroupDriver::Cgroupfs if parent.is_empty() => Ok(format!("/k8s.io/{id}")),
+        CgroupDriver::Cgroupfs => Ok(mounts::clean(&format!("{parent}/{id}"))),
     }
 }
 
@@ -704,7 +713,7 @@ pub fn sandbox_spec(
         sysctls,
         resources,
         devices: vec![],
-        cgroups_path: cgroups_path(env.cgroup_driver, &ctx.cgroup_parent, &ctx.id),
+        cgroups_path: cgroups_path(env.cgroup_driver, &ctx.cgroup_parent, &ctx.id)?,
         rootfs_propagation: None,
         masked_paths: Some(DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()),
         readonly_paths: Some(DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()),
@@ -962,7 +971,7 @@ pub fn container_spec(
         sysctls: HashMap::new(),
         resources,
         devices: device_nodes,
-        cgroups_path: cgroups_path(env.cgroup_driver, &ctx.cgroup_parent, id),
+        cgroups_path: cgroups_path(env.cgroup_driver, &ctx.cgroup_parent, id)?,
         rootfs_propagation: built.rootfs_propagation,
         // containerd clears its defaults and applies exactly what the kubelet sends (nothing for
         // procMount: Unmasked); privileged containers get none.
@@ -1925,25 +1934,44 @@ mod tests {
 
     #[test]
     fn cgroups_paths_per_driver() {
+        let path = |driver, parent: &str| cgroups_path(driver, parent, "c");
         assert_eq!(
-            cgroups_path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod1", "c"),
+            path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod1").unwrap(),
             "/kubepods/burstable/pod1/c"
         );
-        assert_eq!(cgroups_path(CgroupDriver::Cgroupfs, "/kubepods/pod1/", "c"), "/kubepods/pod1/c");
-        assert_eq!(cgroups_path(CgroupDriver::Cgroupfs, "", "c"), "/k8s.io/c");
+        assert_eq!(path(CgroupDriver::Cgroupfs, "/kubepods/pod1/").unwrap(), "/kubepods/pod1/c");
+        assert_eq!(path(CgroupDriver::Cgroupfs, "").unwrap(), "/k8s.io/c");
+        // cgroupfs keeps a slice-looking parent as a plain path, as before.
         assert_eq!(
-            cgroups_path(
+            path(CgroupDriver::Cgroupfs, "/kubepods.slice/a.slice").unwrap(),
+            "/kubepods.slice/a.slice/c"
+        );
+        assert_eq!(
+            path(
                 CgroupDriver::Systemd,
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice",
-                "c"
-            ),
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
+            )
+            .unwrap(),
             "kubepods-burstable-pod1.slice:berth:c"
         );
+        // kind's cgroupRoot /kubelet.
         assert_eq!(
-            cgroups_path(CgroupDriver::Systemd, "kubepods-pod1.slice", "c"),
+            path(
+                CgroupDriver::Systemd,
+                "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/\
+                 kubelet-kubepods-besteffort-pod1.slice/"
+            )
+            .unwrap(),
+            "kubelet-kubepods-besteffort-pod1.slice:berth:c"
+        );
+        assert_eq!(
+            path(CgroupDriver::Systemd, "kubepods-pod1.slice").unwrap(),
             "kubepods-pod1.slice:berth:c"
         );
-        assert_eq!(cgroups_path(CgroupDriver::Systemd, "", "c"), ":berth:c");
+        assert_eq!(path(CgroupDriver::Systemd, "").unwrap(), ":berth:c");
+        let e = path(CgroupDriver::Systemd, "/kubepods/burstable/pod1").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("cgroup_driver"), "{e}");
     }
 
     #[test]
