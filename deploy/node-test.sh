@@ -5,8 +5,8 @@
 #                                  last line is `N passed, M failed` (exit 0 only if none failed)
 #   deploy/node-test.sh up         bring the node up (the steps to "node Ready") and leave it running
 #                                  (also when a step fails: `down` then removes what is there)
-#   deploy/node-test.sh berth      on a node that is up: the berth steps of the whole flow (helm install
-#                                  … helm uninstall), for trying berth on the node by hand
+#   deploy/node-test.sh berth      on a node that is up: the steps of the whole flow after "Ready" (a
+#                                  Deployment on containerd, helm install … helm uninstall)
 #   deploy/node-test.sh down       stop the node and the control plane, remove everything they made
 #   deploy/node-test.sh exec CMD…  run CMD inside the node (runc exec)
 #   deploy/node-test.sh env        print `export KUBECONFIG=…` and `export PATH=…` for the control plane
@@ -1031,6 +1031,7 @@ up_steps() {
 }
 
 berth_steps() {
+    check "a Deployment on containerd runs, is reachable, in systemd cgroups" step_deployment_on_containerd
     check "berth's image built (deploy/build.sh) and pushed to the registry" step_berth_image
     check "helm lint, server-side dry run, helm install berth charts/berth" step_helm_install
     check "the installer's DaemonSet pod runs on containerd" step_installer_on_containerd
@@ -1052,7 +1053,6 @@ full() {
     : >"$RUN/timings"
     trap 'down; rm -rf "$TMP_STATE"' EXIT
     up_steps
-    check "a Deployment on containerd runs, is reachable, in systemd cgroups" step_deployment_on_containerd
     berth_steps
     cp "$RUN/timings" "$TMP_STATE/timings"
     check_always "teardown" down

@@ -595,6 +595,30 @@ impl Seen {
     }
 }
 
+/// runc with the systemd cgroup driver on cgroup v1 can report success for `kill --all` and signal
+/// nothing (it lists the processes from the devices hierarchy, where systemd leaves a pause
+/// container's init at the pod's slice, outside the container's scope): the shim's kill must still
+/// end the container.
+#[tokio::test]
+async fn kill_all_ends_the_init_when_the_runtime_signals_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_run(RUNC) {
+        return;
+    }
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("runc");
+    let script = format!("#!/bin/sh\nfor a; do [ \"$a\" = --all ] && exit 0; done\nexec {RUNC} \"$@\"\n");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pod = Pod::launch(wrapper.to_str().unwrap()).await;
+    pod.create("c", &["sleep", "1000"], without_pid_namespace).await;
+    pod.client.start("c").await.unwrap();
+    pod.client.kill("c", 9, true).await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), pod.client.wait("c")).await;
+    assert_eq!(exit.expect("the init exits").unwrap().exit_code, 137);
+    pod.client.delete("c").await.unwrap();
+}
+
 async fn running_box(pod: &mut Pod) {
     pod.create("box", &["sleep", "1000"], |_| {}).await;
     pod.client.start("box").await.unwrap();

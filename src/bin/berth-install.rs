@@ -137,7 +137,16 @@ fn install(cli: &Cli, payload: &std::path::Path, wait: bool, daemonset: Option<&
     ];
     real.switch_argv.extend(cli.node.as_ref().map(|n| format!("--node={n}")));
     real.switch_argv.push("switch".into());
-    let lock = HostLock::acquire(&host, std::time::Duration::from_secs(600))?;
+    // Only a plan that changes the node takes its lock, and is then made again under it. The pod
+    // re-created on berth only verifies, and must not wait for the lock: the switch unit holds it
+    // while it waits for this very pod's word.
+    let verify_only = plan.steps.iter().all(|s| *s == inst::Step::WaitBerth);
+    let (plan, lock) = if verify_only {
+        (plan, None)
+    } else {
+        let lock = HostLock::acquire(&host, std::time::Duration::from_secs(600))?;
+        (inst::plan_install(&host, &payload, &settings, &settings_text)?, Some(lock))
+    };
     if let Some(msg) = inst::previous_failure(&host, &payload.version)? {
         say(&format!("a previous switch with this installer failed, not retrying: {msg}"));
         label(&real, "failed", Some(&msg));
@@ -264,9 +273,10 @@ fn uninstall(cli: &Cli) -> Result<()> {
     let endpoint = inst::settings::berth_config(&settings, driver)
         .map(|(_, c)| inst::berth_endpoint(&c))
         .unwrap_or_else(|_| format!("unix://{}", berth::config::Config::default().grpc.address.display()));
-    let steps = inst::plan_revert(&host, &endpoint, true)?;
+    let revert = inst::plan_revert(&host, &endpoint)?;
+    let remove = inst::plan_remove(&host)?;
     if cli.dry_run {
-        println!("uninstall plan:\n{}", inst::describe(&steps));
+        println!("uninstall plan:\n{}", inst::describe(&[revert, remove].concat()));
         return Ok(());
     }
     if cli.host_root != std::path::Path::new("/") {
@@ -277,7 +287,9 @@ fn uninstall(cli: &Cli) -> Result<()> {
     let mut real = Real::new(berth_socket(&endpoint), settings.ready_timeout)?;
     real.kube = kube_client(true, &cli.node);
     let mut log = |s: &str| say(s);
-    inst::execute(&host, &steps, &mut real, &mut log)?;
+    // berth goes only once the node is back: its pods that would not stop are left to berth.
+    inst::execute_revert(&host, &revert, &mut real, &mut log)?;
+    inst::execute(&host, &remove, &mut real, &mut log)?;
     // The backups are spent: every file they kept is back.
     std::fs::remove_dir_all(host.path(inst::STATE_DIR))
         .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })

@@ -351,9 +351,9 @@ pub fn plan_switch(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// The revert: the kubelet back on the old runtime, every edited file as it was. With `uninstall`,
-/// berth's own files and service go too.
-pub fn plan_revert(host: &Host, berth_endpoint: &str, uninstall: bool) -> Result<Vec<Step>> {
+/// The revert: the kubelet back on the old runtime, every edited file as it was (see
+/// [`execute_revert`]).
+pub fn plan_revert(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     let record: Option<SwitchRecord> = match host.read_string(SWITCH_RECORD)? {
         Some(t) => Some(toml::from_str(&t).with_context(|| format!("reading {SWITCH_RECORD}"))?),
         None => None,
@@ -388,24 +388,28 @@ pub fn plan_revert(host: &Host, berth_endpoint: &str, uninstall: bool) -> Result
     } else {
         steps.append(&mut restores);
     }
-    if uninstall {
-        if host.exists(UNIT_PATH) {
-            steps.push(run(&["systemctl", "disable", "--now", UNIT]));
+    Ok(steps)
+}
+
+/// The uninstall after the revert: berth's service and every file the installer created.
+pub fn plan_remove(host: &Host) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    if host.exists(UNIT_PATH) {
+        steps.push(run(&["systemctl", "disable", "--now", UNIT]));
+    }
+    let installed = host.read_string(INSTALLED)?.unwrap_or_default();
+    for path in installed.lines().filter(|l| l.starts_with('/')) {
+        if host.exists(path) {
+            steps.push(Step::Remove { path: path.into() });
         }
-        let installed = host.read_string(INSTALLED)?.unwrap_or_default();
-        for path in installed.lines().filter(|l| l.starts_with('/')) {
-            if host.exists(path) {
-                steps.push(Step::Remove { path: path.into() });
-            }
-        }
-        steps.push(run(&["systemctl", "daemon-reload"]));
-        if host.exists("/etc/berth") {
-            steps.push(Step::Prune { path: "/etc/berth".into() });
-        }
-        for path in [SWITCH_RECORD, FAILED, INSTALLED] {
-            if host.exists(path) {
-                steps.push(Step::Remove { path: path.into() });
-            }
+    }
+    steps.push(run(&["systemctl", "daemon-reload"]));
+    if host.exists("/etc/berth") {
+        steps.push(Step::Prune { path: "/etc/berth".into() });
+    }
+    for path in [SWITCH_RECORD, FAILED, INSTALLED] {
+        if host.exists(path) {
+            steps.push(Step::Remove { path: path.into() });
         }
     }
     Ok(steps)
@@ -424,29 +428,64 @@ pub trait Effects {
 pub fn execute(host: &Host, steps: &[Step], fx: &mut dyn Effects, log: &mut dyn FnMut(&str)) -> Result<()> {
     let since = SystemTime::now();
     for step in steps {
-        log(&step.to_string());
-        let r: Result<()> = match step {
-            Step::Write { path, data, mode, .. } => {
-                let r = host.write_if_changed(path, data, *mode).map(|_| ());
-                if r.is_ok() && !path.starts_with(STATE_DIR) {
-                    record_installed(host, path)?;
-                }
-                r
-            }
-            Step::Remove { path } => host.remove(path).map(|_| ()),
-            Step::Prune { path } => host.prune(path),
-            Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
-            Step::WaitBerth => fx.wait_berth(host),
-            Step::RemovePods { endpoint } => {
-                fx.remove_pods(host, endpoint).map(|n| log(&format!("  removed {n} pod sandboxes")))
-            }
-            Step::StartSwitch => fx.start_switch(host),
-            Step::WaitReady { berth } => fx.wait_ready(*berth, since),
-            Step::WaitConfirmed => fx.wait_confirmed(),
-        };
-        r.with_context(|| format!("step failed: {step}"))?;
+        run_step(host, step, since, fx, log)?;
     }
     Ok(())
+}
+
+/// Runs a revert: every step, even after one failed (berth's pods that would not stop must not
+/// keep the kubelet from its old runtime); the first failure is returned at the end, with the
+/// number of others.
+pub fn execute_revert(
+    host: &Host,
+    steps: &[Step],
+    fx: &mut dyn Effects,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let since = SystemTime::now();
+    let mut failures = Vec::new();
+    for step in steps {
+        if let Err(e) = run_step(host, step, since, fx, log) {
+            log(&format!("  {e:#}; the revert goes on"));
+            failures.push(e);
+        }
+    }
+    let n = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some(e) if n == 1 => Err(e),
+        Some(e) => Err(e.context(format!("{} steps of the revert failed, the first", n))),
+    }
+}
+
+fn run_step(
+    host: &Host,
+    step: &Step,
+    since: SystemTime,
+    fx: &mut dyn Effects,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    log(&step.to_string());
+    let r: Result<()> = match step {
+        Step::Write { path, data, mode, .. } => {
+            let r = host.write_if_changed(path, data, *mode).map(|_| ());
+            if r.is_ok() && !path.starts_with(STATE_DIR) {
+                record_installed(host, path)?;
+            }
+            r
+        }
+        Step::Remove { path } => host.remove(path).map(|_| ()),
+        Step::Prune { path } => host.prune(path),
+        Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
+        Step::WaitBerth => fx.wait_berth(host),
+        Step::RemovePods { endpoint } => {
+            fx.remove_pods(host, endpoint).map(|n| log(&format!("  removed {n} pod sandboxes")))
+        }
+        Step::StartSwitch => fx.start_switch(host),
+        Step::WaitReady { berth } => fx.wait_ready(*berth, since),
+        Step::WaitConfirmed => fx.wait_confirmed(),
+    };
+    r.with_context(|| format!("step failed: {step}"))
 }
 
 /// Files the installer created (not edited ones: those have backups) are listed for uninstall.
@@ -479,7 +518,7 @@ pub fn switch(
         return Ok(());
     };
     log(&format!("switch failed: {err:#}; reverting to the old runtime"));
-    let reverted = plan_revert(host, berth_endpoint, false).and_then(|s| execute(host, &s, fx, log));
+    let reverted = plan_revert(host, berth_endpoint).and_then(|s| execute_revert(host, &s, fx, log));
     let msg = match &reverted {
         Ok(()) => format!("{err:#}"),
         Err(e) => format!("{err:#}; the revert failed too: {e:#}"),

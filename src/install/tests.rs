@@ -76,6 +76,8 @@ struct Effs {
     berth_ready_fails: bool,
     /// The installer's pod on berth never confirms (berth cannot run it).
     unconfirmed: bool,
+    /// Removing the pods of this endpoint fails (a pod that will not stop).
+    remove_fails: Option<&'static str>,
 }
 
 impl Effects for Effs {
@@ -85,6 +87,9 @@ impl Effects for Effs {
     }
     fn remove_pods(&mut self, _: &Host, endpoint: &str) -> Result<usize> {
         self.calls.push(format!("remove_pods {endpoint}"));
+        if self.remove_fails == Some(endpoint) {
+            bail!("stopping pod sandbox 138d5: deadline exceeded");
+        }
         Ok(2)
     }
     fn start_switch(&mut self, _: &Host) -> Result<()> {
@@ -291,15 +296,36 @@ fn a_node_ready_on_berth_whose_installer_pod_never_confirms_is_reverted() {
 }
 
 #[test]
+fn the_revert_goes_on_when_berths_pods_do_not_stop() {
+    let node = kind_node();
+    install(&node, "v1");
+    let before = snapshot(&node.host);
+    let mut fx = Effs { unconfirmed: true, remove_fails: Some(BERTH_EP), ..Default::default() };
+    let err = switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("the revert failed too"), "{err}");
+    assert!(err.contains("stopping pod sandbox 138d5"), "{err}");
+    // Everything after the failed step still ran: the node is back on containerd.
+    assert_eq!(fx.calls.last().unwrap(), "wait_ready berth=false", "{:?}", fx.calls);
+    let after = snapshot(&node.host);
+    for path in [FLAGS_ENV, KUBELET_CONFIG, DEFAULT_KUBELET, CRICTL_YAML] {
+        assert_eq!(after.get(path), before.get(path), "{path} restored byte for byte");
+    }
+    assert!(!after.contains_key(KUBELET_DROPIN));
+    let active = node.active.lock().unwrap().clone();
+    assert!(active.contains("containerd.service") && active.contains("kubelet.service"), "{active:?}");
+}
+
+#[test]
 fn uninstall_puts_every_file_back_and_removes_berths() {
     let node = kind_node();
     let original = snapshot(&node.host);
     install(&node, "v1");
     let mut fx = Effs::default();
     switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap();
-    let steps = plan_revert(&node.host, BERTH_EP, true).unwrap();
     let mut fx = Effs::default();
-    execute(&node.host, &steps, &mut fx, &mut |_| {}).unwrap();
+    let revert = plan_revert(&node.host, BERTH_EP).unwrap();
+    execute_revert(&node.host, &revert, &mut fx, &mut |_| {}).unwrap();
+    execute(&node.host, &plan_remove(&node.host).unwrap(), &mut fx, &mut |_| {}).unwrap();
     assert!(!node.host.exists("/etc/berth"), "berth's emptied directories go too");
     let _ = std::fs::remove_dir_all(node.host.path(STATE_DIR)); // as `berth-install uninstall` ends
     let mut now = snapshot(&node.host);
@@ -308,7 +334,7 @@ fn uninstall_puts_every_file_back_and_removes_berths() {
     let active = node.active.lock().unwrap().clone();
     assert_eq!(active, BTreeSet::from(["containerd.service".to_string(), "kubelet.service".to_string()]));
     // A second uninstall has nothing to revert.
-    let again = plan_revert(&node.host, BERTH_EP, true).unwrap();
+    let again = [plan_revert(&node.host, BERTH_EP).unwrap(), plan_remove(&node.host).unwrap()].concat();
     assert!(again.iter().all(|s| matches!(s, Step::Run { .. })), "{again:?}");
 }
 

@@ -701,10 +701,34 @@ impl Shim {
         args.extend([os(id), os(&signal)]);
         let what = format!("signalling container {id} with {signal}");
         match self.runtime.run(&dir, &args, RuntimeStdio::null(), &what).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if req.all {
+                    self.signal_init(id, req.signal);
+                }
+                Ok(())
+            }
             // It exited meanwhile: the reaper has seen it by the time the runtime's own exit came.
             Err(_) if self.container(id, |c| c.exit.is_some()).unwrap_or(true) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Signals the container's init directly. `runtime kill --all` finds a container's processes
+    /// through one of its cgroups (runc 1.1 reads the devices hierarchy on cgroup v1), and with the
+    /// systemd driver on cgroup v1 an init can sit outside that cgroup (systemd keeps the devices
+    /// controller at the pod's slice), so --all signals nothing. The init is this shim's to reap:
+    /// until its exit is recorded its pid cannot be another process's.
+    fn signal_init(&self, id: &str, signal: u32) {
+        let state = lock(&self.state);
+        let Some(c) = state.containers.get(id) else { return };
+        if c.exit.is_some() || c.pid == 0 {
+            return;
+        }
+        if let Ok(sig) = Signal::try_from(signal as i32)
+            && let Err(e) = kill(Pid::from_raw(c.pid as i32), sig)
+            && e != nix::errno::Errno::ESRCH
+        {
+            tracing::warn!(id, pid = c.pid, error = %e, "signalling the container's init");
         }
     }
 
