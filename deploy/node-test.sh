@@ -951,7 +951,8 @@ step_helm_uninstall() {
     after=$(kubelet_files)
     [ "$after" = "$(cat "$RUN/kubelet-files.before")" ] ||
         die "the kubelet's files differ from before the install: $(diff "$RUN/kubelet-files.before" <(echo "$after"))"
-    none node_exec sh -c 'ls -d /usr/local/bin/berth* /etc/berth /etc/systemd/system/berth.service /var/lib/berth-install' 2>/dev/null
+    none node_exec sh -c 'ls -d /usr/local/bin/berth* /etc/berth /etc/systemd/system/berth.service /var/lib/berth-install \
+        /var/lib/berth /run/berth' 2>/dev/null
     [ -z "$(node_label)" ]
     node_exec systemctl is-active --quiet containerd.service
 }

@@ -270,11 +270,10 @@ fn uninstall(cli: &Cli) -> Result<()> {
     let host = host(cli);
     let settings = settings(cli).unwrap_or_default();
     let driver = inst::kubelet::cgroup_driver(&host.read_string(inst::KUBELET_CONFIG)?.unwrap_or_default());
-    let endpoint = inst::settings::berth_config(&settings, driver)
-        .map(|(_, c)| inst::berth_endpoint(&c))
-        .unwrap_or_else(|_| format!("unix://{}", berth::config::Config::default().grpc.address.display()));
+    let config = inst::settings::berth_config(&settings, driver).map(|(_, c)| c).unwrap_or_default();
+    let endpoint = inst::berth_endpoint(&config);
     let revert = inst::plan_revert(&host, &endpoint)?;
-    let remove = inst::plan_remove(&host)?;
+    let remove = inst::plan_remove(&host, &[&config.root, &config.state])?;
     if cli.dry_run {
         println!("uninstall plan:\n{}", inst::describe(&[revert, remove].concat()));
         return Ok(());

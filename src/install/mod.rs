@@ -70,6 +70,8 @@ pub enum Step {
     Remove { path: String },
     /// Remove the empty directories under a host directory (and it, when empty).
     Prune { path: String },
+    /// Remove a host directory and everything in it, unless something is mounted below it.
+    RemoveTree { path: String },
     /// Run a host command.
     Run { argv: Vec<String> },
     /// Wait until berth's CRI reports RuntimeReady.
@@ -91,6 +93,7 @@ impl fmt::Display for Step {
             Step::Write { path, mode, why, .. } => write!(f, "write {path} (mode {mode:o}): {why}"),
             Step::Remove { path } => write!(f, "remove {path}"),
             Step::Prune { path } => write!(f, "remove the empty directories of {path}"),
+            Step::RemoveTree { path } => write!(f, "remove {path} and everything in it"),
             Step::Run { argv } => write!(f, "run: {}", argv.join(" ")),
             Step::WaitBerth => write!(f, "wait for berth's CRI socket to report RuntimeReady"),
             Step::RemovePods { endpoint } => write!(f, "stop and remove every pod sandbox on {endpoint}"),
@@ -391,8 +394,9 @@ pub fn plan_revert(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// The uninstall after the revert: berth's service and every file the installer created.
-pub fn plan_remove(host: &Host) -> Result<Vec<Step>> {
+/// The uninstall after the revert: berth's service, every file the installer created, and berth's
+/// own directories (`data`: its root and state, images and all).
+pub fn plan_remove(host: &Host, data: &[&Path]) -> Result<Vec<Step>> {
     let mut steps = Vec::new();
     if host.exists(UNIT_PATH) {
         steps.push(run(&["systemctl", "disable", "--now", UNIT]));
@@ -410,6 +414,12 @@ pub fn plan_remove(host: &Host) -> Result<Vec<Step>> {
     for path in [SWITCH_RECORD, FAILED, INSTALLED] {
         if host.exists(path) {
             steps.push(Step::Remove { path: path.into() });
+        }
+    }
+    for dir in data {
+        let dir = dir.to_string_lossy();
+        if host.exists(&dir) {
+            steps.push(Step::RemoveTree { path: dir.into_owned() });
         }
     }
     Ok(steps)
@@ -476,6 +486,7 @@ fn run_step(
         }
         Step::Remove { path } => host.remove(path).map(|_| ()),
         Step::Prune { path } => host.prune(path),
+        Step::RemoveTree { path } => host.remove_tree(path),
         Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
         Step::WaitBerth => fx.wait_berth(host),
         Step::RemovePods { endpoint } => {

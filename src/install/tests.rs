@@ -325,7 +325,12 @@ fn uninstall_puts_every_file_back_and_removes_berths() {
     let mut fx = Effs::default();
     let revert = plan_revert(&node.host, BERTH_EP).unwrap();
     execute_revert(&node.host, &revert, &mut fx, &mut |_| {}).unwrap();
-    execute(&node.host, &plan_remove(&node.host).unwrap(), &mut fx, &mut |_| {}).unwrap();
+    // berth's root and state, as berthd left them.
+    node.host.write_if_changed("/var/lib/berth/meta.redb", b"db", 0o600).unwrap();
+    node.host.write_if_changed("/run/berth/pods/x/shim.log", b"log", 0o600).unwrap();
+    let data = [Path::new("/var/lib/berth"), Path::new("/run/berth")];
+    execute(&node.host, &plan_remove(&node.host, &data).unwrap(), &mut fx, &mut |_| {}).unwrap();
+    assert!(!node.host.exists("/var/lib/berth") && !node.host.exists("/run/berth"));
     assert!(!node.host.exists("/etc/berth"), "berth's emptied directories go too");
     let _ = std::fs::remove_dir_all(node.host.path(STATE_DIR)); // as `berth-install uninstall` ends
     let mut now = snapshot(&node.host);
@@ -334,7 +339,8 @@ fn uninstall_puts_every_file_back_and_removes_berths() {
     let active = node.active.lock().unwrap().clone();
     assert_eq!(active, BTreeSet::from(["containerd.service".to_string(), "kubelet.service".to_string()]));
     // A second uninstall has nothing to revert.
-    let again = [plan_revert(&node.host, BERTH_EP).unwrap(), plan_remove(&node.host).unwrap()].concat();
+    let again =
+        [plan_revert(&node.host, BERTH_EP).unwrap(), plan_remove(&node.host, &data).unwrap()].concat();
     assert!(again.iter().all(|s| matches!(s, Step::Run { .. })), "{again:?}");
 }
 
@@ -361,6 +367,19 @@ fn prune_removes_empty_directories_only() {
     node.host.prune("/etc/berth").unwrap();
     assert!(!node.host.exists("/etc/berth") && node.host.exists("/etc"));
     node.host.prune("/etc/berth").unwrap(); // already gone: fine
+}
+
+#[test]
+fn remove_tree_refuses_a_tree_with_a_mount_below() {
+    let node = kind_node();
+    // /proc is a mount point on every machine (and nothing in it could be removed anyway).
+    let err =
+        Host { root: "/".into(), runner: Box::new(super::host::Direct) }.remove_tree("/proc").unwrap_err();
+    assert!(err.to_string().contains("still has mounts"), "{err}");
+    node.host.write_if_changed("/var/lib/berth/a/b", b"x", 0o600).unwrap();
+    node.host.remove_tree("/var/lib/berth").unwrap();
+    assert!(!node.host.exists("/var/lib/berth") && node.host.exists("/var/lib"));
+    node.host.remove_tree("/var/lib/berth").unwrap(); // gone already: fine
 }
 
 #[test]
