@@ -3,9 +3,12 @@
 # command, and all that .ci/run calls.
 #
 #   ./test.sh            packages, Go, then `cargo test --all-targets` (unit, service and e2e tests:
-#                        real registries, runc, CNI plugins, critest), then the one-node Kubernetes
-#                        cluster on berth (e2e/cluster/cluster.sh) and its kubectl scenarios
-#   ./test.sh --no-cluster      everything but the cluster
+#                        real registries, runc, CNI plugins, critest), the chart and installer dry
+#                        run (deploy/test.sh), then the one-node Kubernetes cluster on berth
+#                        (e2e/cluster/cluster.sh) and its kubectl scenarios, and last the kind-like
+#                        systemd node switched from containerd to berth by the Helm chart
+#                        (deploy/node-test.sh)
+#   ./test.sh --no-cluster      everything but the cluster and the node
 #
 # What the tests build for themselves lands in caches outside the repository: the Kubernetes tools
 # (tools/build.sh: /var/cache/berth-tools, and Go's own caches) and the test images
@@ -28,7 +31,7 @@ for arg in "$@"; do
     case $arg in
     --no-cluster) cluster=false ;;
     *)
-        sed -n '2,13s/^# \{0,1\}//p' "$0" >&2
+        sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
         exit 2
         ;;
     esac
@@ -96,5 +99,10 @@ if $cluster; then
     e2e/cluster/cluster.sh up >/dev/null
     say "the cluster's kubectl scenarios"
     e2e/cluster/scenarios.sh
+    # The node test runs its own control plane (cluster.sh up --runtime none) on the same ports.
+    e2e/cluster/cluster.sh down
+    trap - EXIT
+    say "berth installed onto a kind-like systemd node with the Helm chart (deploy/node-test.sh)"
+    deploy/node-test.sh
 fi
 say "all passed"

@@ -40,6 +40,11 @@ impl Pod {
     async fn launch(runtime: &str) -> Pod {
         let tmp = tempfile::tempdir().unwrap();
         let runtime = if runtime == CRUN { crun_wrapper(tmp.path()) } else { PathBuf::from(runtime) };
+        Pod::launch_in(tmp, runtime).await
+    }
+
+    /// A pod in `tmp` whose shim runs `runtime`.
+    async fn launch_in(tmp: tempfile::TempDir, runtime: PathBuf) -> Pod {
         let runtime_root = tmp.path().join("runtime-root");
         let mut opts = LaunchOptions::new(
             env!("CARGO_BIN_EXE_berth-shim"),
@@ -595,30 +600,6 @@ impl Seen {
     }
 }
 
-/// runc with the systemd cgroup driver on cgroup v1 can report success for `kill --all` and signal
-/// nothing (it lists the processes from the devices hierarchy, where systemd leaves a pause
-/// container's init at the pod's slice, outside the container's scope): the shim's kill must still
-/// end the container.
-#[tokio::test]
-async fn kill_all_ends_the_init_when_the_runtime_signals_nothing() {
-    use std::os::unix::fs::PermissionsExt;
-    if !can_run(RUNC) {
-        return;
-    }
-    let bin = tempfile::tempdir().unwrap();
-    let wrapper = bin.path().join("runc");
-    let script = format!("#!/bin/sh\nfor a; do [ \"$a\" = --all ] && exit 0; done\nexec {RUNC} \"$@\"\n");
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut pod = Pod::launch(wrapper.to_str().unwrap()).await;
-    pod.create("c", &["sleep", "1000"], without_pid_namespace).await;
-    pod.client.start("c").await.unwrap();
-    pod.client.kill("c", 9, true).await.unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(10), pod.client.wait("c")).await;
-    assert_eq!(exit.expect("the init exits").unwrap().exit_code, 137);
-    pod.client.delete("c").await.unwrap();
-}
-
 async fn running_box(pod: &mut Pod) {
     pod.create("box", &["sleep", "1000"], |_| {}).await;
     pod.client.start("box").await.unwrap();
@@ -858,6 +839,50 @@ async fn cleanup_ends_what_a_dead_shim_ran() {
 
     task::cleanup(&opts).await.expect("a second cleanup");
     assert_eq!(task::recorded_states(&pod.dir()).unwrap(), records);
+}
+
+/// A runc wrapper whose `kill` signals nothing and succeeds, as runc 1.1's `kill --all` does under
+/// the systemd v1 driver once the init has left the container's devices cgroup; it records the
+/// kills it swallowed.
+fn deaf_runc(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("runc");
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" kill \"*) printf '%s\\n' \"$*\" >> {}/kills.log; exit 0;; esac\n\
+         exec {RUNC} \"$@\"\n",
+        dir.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// SIGKILL ends a container even when the runtime's kill reaches none of its processes: the shim
+/// kills the init it knows, and with it every process of its PID namespace.
+#[tokio::test]
+async fn sigkill_ends_a_container_the_runtime_kill_misses() {
+    if !can_run(RUNC) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = deaf_runc(tmp.path());
+    let mut pod = Pod::launch_in(tmp, runtime).await;
+    for (id, all) in [("with-all", true), ("init-only", false)] {
+        pod.create(id, &["sh", "-c", "sleep 1000 & wait"], |_| {}).await;
+        pod.client.start(id).await.unwrap();
+        wait_until("the init and its child", || cgroup_procs(&pod, id) == 2).await;
+        pod.client.kill(id, 9, all).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(30), pod.client.wait(id))
+            .await
+            .expect("the container did not exit after SIGKILL")
+            .unwrap();
+        assert_eq!(exit.exit_code, 137);
+        assert_eq!(cgroup_procs(&pod, id), 0, "a process of {id} outlived its init");
+        pod.client.delete(id).await.unwrap();
+    }
+    let kills = std::fs::read_to_string(pod.tmp.path().join("kills.log")).unwrap();
+    assert_eq!(kills.lines().count(), 2, "{kills}");
+    assert!(kills.contains("kill --all with-all 9") && kills.contains("kill init-only 9"), "{kills}");
 }
 
 /// Whether process `pid` is gone or a zombie.

@@ -693,6 +693,13 @@ impl Shim {
             }
             c.dir.clone()
         };
+        // SIGKILL also goes to the init straight away, before the runtime runs: the runtime may
+        // reach nothing (runc 1.1's `kill --all` under the systemd v1 driver lists the processes
+        // of the devices cgroup only, and the init can end up elsewhere), or hang freezing the
+        // cgroup. As the init of its PID namespace, its death takes every process in it along, as
+        // runc 1.2 relies on when it ignores `--all` for a private PID namespace. The runtime still
+        // runs, for what shares a PID namespace with others.
+        let direct = req.signal == libc::SIGKILL as u32 && self.signal_init(id, Signal::SIGKILL);
         let signal = req.signal.to_string();
         let mut args = vec![os("kill")];
         if req.all {
@@ -701,34 +708,36 @@ impl Shim {
         args.extend([os(id), os(&signal)]);
         let what = format!("signalling container {id} with {signal}");
         match self.runtime.run(&dir, &args, RuntimeStdio::null(), &what).await {
-            Ok(()) => {
-                if req.all {
-                    self.signal_init(id, req.signal);
-                }
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             // It exited meanwhile: the reaper has seen it by the time the runtime's own exit came.
             Err(_) if self.container(id, |c| c.exit.is_some()).unwrap_or(true) => Ok(()),
+            Err(e) if direct => {
+                tracing::warn!(id, error = %e, "the runtime's kill failed; the init was killed directly");
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Signals the container's init directly. `runtime kill --all` finds a container's processes
-    /// through one of its cgroups (runc 1.1 reads the devices hierarchy on cgroup v1), and with the
-    /// systemd driver on cgroup v1 an init can sit outside that cgroup (systemd keeps the devices
-    /// controller at the pod's slice), so --all signals nothing. The init is this shim's to reap:
-    /// until its exit is recorded its pid cannot be another process's.
-    fn signal_init(&self, id: &str, signal: u32) {
+    /// Sends `signal` to the container's init unless it has been reaped, returning whether it was
+    /// sent. The shim is the init's parent (or subreaper), so until the reaper has waited for it
+    /// its pid cannot have been reused, and the reaper runs on this thread: nothing reaps between
+    /// the check and the kill, which happen under the state's lock.
+    fn signal_init(&self, id: &str, signal: Signal) -> bool {
         let state = lock(&self.state);
-        let Some(c) = state.containers.get(id) else { return };
+        let Some(c) = state.containers.get(id) else { return false };
         if c.exit.is_some() || c.pid == 0 {
-            return;
+            return false;
         }
-        if let Ok(sig) = Signal::try_from(signal as i32)
-            && let Err(e) = kill(Pid::from_raw(c.pid as i32), sig)
-            && e != nix::errno::Errno::ESRCH
-        {
-            tracing::warn!(id, pid = c.pid, error = %e, "signalling the container's init");
+        match kill(Pid::from_raw(c.pid as i32), signal) {
+            Ok(()) => {
+                tracing::debug!(id, pid = c.pid, %signal, "signalled the init directly");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(id, pid = c.pid, %signal, error = %e, "signalling the init failed");
+                false
+            }
         }
     }
 
@@ -754,6 +763,8 @@ impl Shim {
         };
         let what = format!("deleting container {id}");
         if running {
+            // As in `kill`: whatever the runtime's forced delete reaches, the init dies.
+            self.signal_init(id, Signal::SIGKILL);
             self.runtime
                 .run(&dir, &[os("delete"), os("--force"), os(id)], RuntimeStdio::null(), &what)
                 .await?;
@@ -1209,6 +1220,71 @@ mod tests {
             std::fs::write(&path, bad).unwrap();
             assert!(read_pid(&path).is_err(), "{bad:?}");
         }
+    }
+
+    /// A shim whose runtime cannot even be started (its kill reaches nothing), serving `sleep`
+    /// children of the test standing in for container inits; the test reaps them itself.
+    fn shim_with_sleeper(dir: &Path, id: &str) -> (Arc<Shim>, std::process::Child) {
+        let args = ["serve", "--id", "p", "--dir", "/d", "--runtime", "/nonexistent/runtime"];
+        let (_, mut config) = ShimConfig::parse(args.map(std::ffi::OsString::from)).unwrap();
+        config.dir = dir.to_path_buf();
+        let shim = Shim::new(config);
+        let child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let container = Container {
+            id: id.to_string(),
+            dir: dir.join(id),
+            pid: child.id(),
+            status: RecordedStatus::Running,
+            created_at: SystemTime::now(),
+            started_at: Some(SystemTime::now()),
+            exit: None,
+            exiting: false,
+            log: Arc::new(Mutex::new(LogFile::open(None).unwrap())),
+            stdin: None,
+            console: None,
+            fanout: Arc::default(),
+            io: Vec::new(),
+            io_abort: Vec::new(),
+            oom: OomCounter::locate(dir, None, id),
+            oom_baseline: 0,
+            exited: watch::channel(None).0,
+        };
+        lock(&shim.state).containers.insert(id.to_string(), container);
+        (shim, child)
+    }
+
+    fn kill_request(id: &str, signal: Signal, all: bool) -> proto::KillRequest {
+        proto::KillRequest { id: id.into(), signal: signal as u32, all }
+    }
+
+    #[tokio::test]
+    async fn sigkill_reaches_the_init_when_the_runtime_reaches_nothing() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (shim, mut child) = shim_with_sleeper(dir.path(), "c");
+        // Any other signal is the runtime's alone: its failure is the caller's, the init lives.
+        let err = shim.kill(kill_request("c", Signal::SIGTERM, false)).await.unwrap_err();
+        assert!(err.to_string().contains("signalling container c with 15"), "{err}");
+        assert_eq!(child.try_wait().unwrap(), None);
+        for all in [true, false] {
+            shim.kill(kill_request("c", Signal::SIGKILL, all)).await.unwrap();
+        }
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn a_reaped_init_is_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shim, mut child) = shim_with_sleeper(dir.path(), "c");
+        let exit = ExitInfo { code: 0, at: SystemTime::now(), oom_killed: false };
+        lock(&shim.state).containers.get_mut("c").unwrap().exit = Some(exit);
+        assert!(!shim.signal_init("c", Signal::SIGKILL));
+        assert!(!shim.signal_init("unknown", Signal::SIGKILL));
+        // Exited: the runtime's failure means nothing was left to signal.
+        shim.kill(kill_request("c", Signal::SIGKILL, true)).await.unwrap();
+        assert_eq!(child.try_wait().unwrap(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
