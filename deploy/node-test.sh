@@ -5,6 +5,8 @@
 #                                  last line is `N passed, M failed` (exit 0 only if none failed)
 #   deploy/node-test.sh up         bring the node up (the steps to "node Ready") and leave it running
 #                                  (also when a step fails: `down` then removes what is there)
+#   deploy/node-test.sh berth      on a node that is up: the steps of the whole flow after "Ready" (a
+#                                  Deployment on containerd, helm install … helm uninstall)
 #   deploy/node-test.sh down       stop the node and the control plane, remove everything they made
 #   deploy/node-test.sh exec CMD…  run CMD inside the node (runc exec)
 #   deploy/node-test.sh env        print `export KUBECONFIG=…` and `export PATH=…` for the control plane
@@ -81,6 +83,7 @@ node_pid() { cat "$RUN/node.pid"; }
 
 tools_bin() { cat "$RUN/bin"; }
 kc() { "$(tools_bin)/kubectl" --kubeconfig="$(cat "$RUN/kubeconfig")" "$@"; }
+hm() { "$(tools_bin)/helm" --kubeconfig="$(cat "$RUN/kubeconfig")" "$@"; }
 
 host_packages() {
     local missing=() p
@@ -614,7 +617,7 @@ step_rootfs() {
 step_control_plane() {
     local t0 out bin
     t0=$(date +%s.%N)
-    bin=$("$ROOT/tools/build.sh" kubelet kubectl kube-proxy containerd containerd-shim-runc-v2 ctr crictl | tail -n1)
+    bin=$("$ROOT/tools/build.sh" kubelet kubectl kube-proxy containerd containerd-shim-runc-v2 ctr crictl helm | tail -n1)
     echo "$bin" >"$RUN/bin"
     "$ROOT/e2e/images/registry.sh" start | tail -n1 >"$RUN/registry"
     touch "$RUN/cluster"
@@ -727,6 +730,240 @@ step_deployment_on_containerd() {
     node_exec systemctl list-units --no-legend 'cri-containerd-*.scope' | grep -q "cri-containerd-$id"
 }
 
+# ------------------------------------------------------------------------------------ berth (issue 10)
+# berth goes onto the node as a user would put it on a kind cluster: its image pushed where the node
+# pulls from, `helm install` of charts/berth from outside through the apiserver; everything after
+# that is the installer's doing, and these steps only look.
+
+BERTH_TAG=node-test
+BERTH_CRI=unix:///run/berth/berth.sock
+RELEASE=berth
+RELEASE_NS=kube-system
+
+berth_crictl() { node_exec crictl -r "$BERTH_CRI" "$@"; }
+# none CMD...: CMD fails (a `! CMD` would not fail a step: errexit ignores it).
+none() { if "$@"; then return 1; fi; }
+
+# helm's values: the image from the project's registry, which also mirrors every public registry.
+helm_values() {
+    local registry mirrors="" h
+    registry=$(cat "$RUN/registry")
+    for h in $MIRRORED; do mirrors+="${mirrors:+,}\"$h\":[\"http://$registry\"]"; done
+    printf '%s\n' --namespace "$RELEASE_NS" --set "image.repository=$registry/berth" --set "image.tag=$BERTH_TAG" \
+        --set-json "registryMirrors={$mirrors}"
+}
+
+# The files of the node's kubelet and old runtime (every one, with its checksum), and whether their
+# units are enabled: what the switch edits and the uninstall must put back byte for byte.
+kubelet_files() {
+    node_exec sh -c 'find /etc/systemd/system/kubelet.service /etc/systemd/system/kubelet.service.d \
+        /etc/default/kubelet /etc/crictl.yaml /etc/containerd /etc/cni/net.d /var/lib/kubelet/config.yaml \
+        /var/lib/kubelet/kubeadm-flags.env -type f -exec sha256sum {} + | sort -k2
+        systemctl is-enabled containerd.service kubelet.service'
+}
+
+# berth's files on the node with their checksums and modification times, and berthd's process: what
+# a second run of the installer must leave as it is.
+berth_files() {
+    node_exec sh -c 'find /usr/local/bin -name "berth*" -type f; find /etc/berth /etc/systemd/system/berth.service \
+        /etc/systemd/system/kubelet.service.d /var/lib/kubelet/config.yaml /var/lib/kubelet/kubeadm-flags.env \
+        /etc/default/kubelet /etc/crictl.yaml -type f' | sort | while read -r f; do
+        node_exec stat -c '%n %Y %s %a' "$f"
+        node_exec sha256sum "$f"
+    done
+    node_exec systemctl show -p MainPID -p ActiveEnterTimestamp -p NRestarts berth.service
+}
+
+node_label() { kc get node "$NODE" -o "jsonpath={.metadata.labels.berth\.dev/runtime}"; }
+node_runtime() { kc get node "$NODE" -o 'jsonpath={.status.nodeInfo.containerRuntimeVersion}'; }
+
+# installer_running RUNTIME: the DaemonSet's pod has its container running on RUNTIME (containerd,
+# berth), as its status says.
+installer_running() {
+    kc -n "$RELEASE_NS" get pods -l "app.kubernetes.io/instance=$RELEASE" -o \
+        'jsonpath={range .items[*]}{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}{"\n"}{end}' |
+        grep -q "^$1://[0-9a-f]* [0-9]"
+}
+
+# pods_on RUNTIME: every pod bound to the node runs, all its containers on RUNTIME.
+pods_on() {
+    local out
+    out=$(kc get pods -A --field-selector "spec.nodeName=$NODE" -o \
+        'jsonpath={range .items[*]}{.status.phase}{range .status.containerStatuses[*]} {.containerID}{end}{"\n"}{end}')
+    [ -n "$out" ] && ! grep -v "^Running\( $1://[0-9a-f]*\)*$" <<<"$out" | grep -q .
+}
+
+step_berth_image() {
+    local t0 registry ref
+    t0=$(date +%s.%N)
+    registry=$(cat "$RUN/registry")
+    if ! ref=$("$ROOT/deploy/build.sh" push "$registry" "$BERTH_TAG" 2>"$LOGS/build.log"); then
+        tail -n 20 "$LOGS/build.log" >&2
+        return 1
+    fi
+    timing "berth image built and pushed" "$(since "$t0")"
+    sed -n 's/^build.sh: image size: /berth image size: /p' "$LOGS/build.log" >>"$RUN/timings"
+    [ "$ref" = "$registry/berth:$BERTH_TAG" ]
+    curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$registry/v2/berth/manifests/$BERTH_TAG"
+}
+
+step_helm_install() {
+    local values=() status
+    mapfile -t values < <(helm_values)
+    kubelet_files >"$RUN/kubelet-files.before"
+    hm lint --strict "$ROOT/charts/berth" "${values[@]}" >/dev/null
+    hm template "$RELEASE" "$ROOT/charts/berth" "${values[@]}" | kc apply --dry-run=server -f - >/dev/null
+    date +%s.%N >"$RUN/helm-installed"
+    hm install "$RELEASE" "$ROOT/charts/berth" "${values[@]}" >/dev/null
+    status=$(hm status "$RELEASE" -n "$RELEASE_NS")
+    grep -q '^STATUS: deployed' <<<"$status"
+}
+
+step_installer_on_containerd() {
+    wait_for "the installer's pod to run on containerd" 180 installer_running containerd
+    timing "helm install to the installer running on containerd" "$(since "$(cat "$RUN/helm-installed")")"
+}
+
+step_berth_beside_containerd() {
+    local cond
+    wait_for "berth.service to be active in the node" 120 node_exec systemctl is-active berth.service
+    node_exec systemctl is-enabled berth.service >/dev/null
+    # The kubelet's cgroup driver went into berth's config, berthd's own parser accepts the file.
+    node_exec grep -qx 'cgroup_driver = "systemd"' /etc/berth/config.toml
+    node_exec berthd --config /etc/berth/config.toml config dump | grep -qx 'cgroup_driver = "systemd"'
+    node_exec test -f /etc/berth/certs.d/registry.k8s.io/hosts.toml
+    cond=$(berth_crictl info -o go-template --template '{{range .status.conditions}}{{.type}}={{.status}} {{end}}')
+    grep -q 'RuntimeReady=true' <<<"$cond" || die "berth's CRI: $cond"
+    berth_crictl runtime-config | grep -qi systemd
+}
+
+step_switched() {
+    local label end
+    end=$((SECONDS + 360))
+    until [ "$(node_label)" = true ]; do
+        label=$(node_label)
+        if [ "$label" = failed ]; then
+            die "the installer failed: $(kc get node "$NODE" -o 'jsonpath={.metadata.annotations.berth\.dev/install-error}')"
+        fi
+        [ $SECONDS -lt $end ] || die "no berth.dev/runtime=true after 360 s (label: ${label:-none})"
+        sleep 1
+    done
+    timing "helm install to the node labelled berth.dev/runtime=true" "$(since "$(cat "$RUN/helm-installed")")"
+    node_ready
+    node_runtime | grep -q '^berth://'
+    # The kubelet on berth, with the systemd driver berth reports (RuntimeConfig) and its config says.
+    kc get --raw "/api/v1/nodes/$NODE/proxy/configz" | grep -q "\"containerRuntimeEndpoint\":\"$BERTH_CRI\""
+    kc get --raw "/api/v1/nodes/$NODE/proxy/configz" | grep -q '"cgroupDriver":"systemd"'
+    berth_crictl runtime-config | grep -qi systemd
+}
+
+step_pods_on_berth() {
+    local name
+    wait_for "every pod of the node to run on berth" 180 pods_on berth
+    # berth's CRI lists each of them, ready.
+    for name in $(kc get pods -A --field-selector "spec.nodeName=$NODE" -o 'jsonpath={.items[*].metadata.name}'); do
+        berth_crictl pods --state ready --name "^$name\$" -q | grep -q .
+    done
+    # containerd is off and left nothing running: no shim, its socket answers nobody.
+    none node_exec systemctl is-active --quiet containerd.service
+    [ "$(node_exec systemctl is-enabled containerd.service || true)" = disabled ]
+    none node_exec pgrep -f containerd-shim >/dev/null
+    none node_exec crictl -r unix:///run/containerd/containerd.sock --timeout 2s pods -q 2>/dev/null
+    # The kubelet's files point at berth; crictl's too.
+    node_exec crictl info -o go-template --template '{{.status.conditions}}' >/dev/null
+    node_exec grep -q "$BERTH_CRI" /etc/crictl.yaml
+}
+
+step_deployment_on_berth() {
+    local pod id
+    pod=$(deployment_reachable web-berth)
+    kc -n default get pod "$pod" -o 'jsonpath={.status.containerStatuses[0].containerID}' | grep -q '^berth://'
+    id=$(berth_crictl pods -q --name "$pod")
+    [ -n "$id" ]
+    # The systemd cgroup driver: the pod's slice under kind's kubelet.slice, berth's containers in
+    # scope units of their own.
+    node_exec systemctl list-units --no-legend 'kubelet-kubepods*.slice' | grep -q "kubelet-kubepods"
+    node_exec systemctl list-units --no-legend 'berth-*.scope' | grep -q "berth-"
+    # The pod made on containerd before the switch was re-created on berth and answers.
+    pod=$(kc -n default get pod -l app=web-containerd -o 'jsonpath={.items[0].metadata.name}')
+    curl -fsS --max-time 10 -o /dev/null "http://$(kc -n default get pod "$pod" -o 'jsonpath={.status.podIP}')/"
+}
+
+# What berth runs for its pods: every container's id, every shim's pid, the containers' restart counts.
+berth_pods_state() {
+    berth_crictl ps -q | sort
+    node_exec pgrep -x berth-shim | sort
+    kc get pods -A --field-selector "spec.nodeName=$NODE" -o \
+        'jsonpath={range .items[*]}{.metadata.name}{range .status.containerStatuses[*]} {.restartCount}{end}{"\n"}{end}'
+}
+
+step_restart_berth() {
+    local before after pid ip
+    before=$(berth_pods_state)
+    [ -n "$before" ]
+    pid=$(node_exec systemctl show -p MainPID --value berth.service)
+    node_exec systemctl restart berth.service
+    node_exec systemctl is-active --quiet berth.service
+    [ "$(node_exec systemctl show -p MainPID --value berth.service)" != "$pid" ]
+    berth_crictl info >/dev/null
+    after=$(berth_pods_state)
+    [ "$before" = "$after" ] || die "containers or shims changed across the restart: $(diff <(echo "$before") <(echo "$after"))"
+    ip=$(kc -n default get pod -l app=web-berth -o 'jsonpath={.items[0].status.podIP}')
+    curl -fsS --max-time 10 -o /dev/null "http://$ip/"
+    node_ready
+    # The kubelet saw no container die meanwhile.
+    sleep 5
+    after=$(berth_pods_state)
+    [ "$before" = "$after" ] || die "containers, shims or restart counts changed after the restart: $(diff <(echo "$before") <(echo "$after"))"
+}
+
+step_installer_idempotent() {
+    local before after old pod log
+    before=$(berth_files)
+    old=$(kc -n "$RELEASE_NS" get pods -l "app.kubernetes.io/instance=$RELEASE" -o 'jsonpath={.items[0].metadata.name}')
+    kc -n "$RELEASE_NS" delete pod "$old" --wait=true >/dev/null
+    wait_for "a new installer pod on berth" 120 installer_running berth
+    pod=$(kc -n "$RELEASE_NS" get pods -l "app.kubernetes.io/instance=$RELEASE" -o 'jsonpath={.items[0].metadata.name}')
+    [ "$pod" != "$old" ]
+    wait_for "the new installer to find the node on berth" 360 installer_says "$pod" 'the node runs on berth'
+    log=$(kc -n "$RELEASE_NS" logs "$pod")
+    if grep -E 'write |run: ' <<<"$log"; then die "the installer changed something on a node on berth"; fi
+    after=$(berth_files)
+    [ "$before" = "$after" ] || die "berth's files or berthd changed: $(diff <(echo "$before") <(echo "$after"))"
+    [ "$(node_label)" = true ]
+}
+
+installer_says() { kc -n "$RELEASE_NS" logs "$1" | grep -q "$2"; }
+
+berth_gone() {
+    ! node_exec systemctl is-active --quiet berth-uninstall.service &&
+        [ "$(node_exec systemctl show -p LoadState --value berth.service)" = not-found ] &&
+        node_ready && node_runtime | grep -q '^containerd://'
+}
+
+step_helm_uninstall() {
+    local t0 after
+    t0=$(date +%s.%N)
+    hm uninstall "$RELEASE" -n "$RELEASE_NS" >/dev/null
+    wait_for "the node back on containerd, Ready, berth.service gone" 360 berth_gone
+    timing "helm uninstall to the node Ready on containerd" "$(since "$t0")"
+    after=$(kubelet_files)
+    [ "$after" = "$(cat "$RUN/kubelet-files.before")" ] ||
+        die "the kubelet's files differ from before the install: $(diff "$RUN/kubelet-files.before" <(echo "$after"))"
+    none node_exec sh -c 'ls -d /usr/local/bin/berth* /etc/berth /etc/systemd/system/berth.service /var/lib/berth-install \
+        /var/lib/berth /run/berth' 2>/dev/null
+    [ -z "$(node_label)" ]
+    node_exec systemctl is-active --quiet containerd.service
+}
+
+step_deployment_on_containerd_again() {
+    local pod
+    pod=$(deployment_reachable web-again)
+    kc -n default get pod "$pod" -o 'jsonpath={.status.containerStatuses[0].containerID}' | grep -q '^containerd://'
+    wait_for "every pod of the node to run on containerd" 180 pods_on containerd
+}
+
 # ----------------------------------------------------------------------------------------- the flow
 
 PASSED=0
@@ -794,6 +1031,21 @@ up_steps() {
     check "node $NODE registered and Ready, cgroupDriver systemd, on containerd" step_node_ready
 }
 
+berth_steps() {
+    check "a Deployment on containerd runs, is reachable, in systemd cgroups" step_deployment_on_containerd
+    check "berth's image built (deploy/build.sh) and pushed to the registry" step_berth_image
+    check "helm lint, server-side dry run, helm install berth charts/berth" step_helm_install
+    check "the installer's DaemonSet pod runs on containerd" step_installer_on_containerd
+    check "berth.service active beside containerd, systemd driver in its config, CRI RuntimeReady" step_berth_beside_containerd
+    check "the kubelet switched: berth.dev/runtime=true, Ready on berth://, cgroup driver systemd" step_switched
+    check "every pod re-created on berth (berth's crictl lists them; containerd off, no shim left)" step_pods_on_berth
+    check "a Deployment on berth runs and is reachable, in systemd scopes" step_deployment_on_berth
+    check "systemctl restart berth: same containers and shims, still reachable, Ready" step_restart_berth
+    check "the installer re-run on berth changes nothing" step_installer_idempotent
+    check "helm uninstall: back on containerd://, Ready, kubelet files byte-identical, berth gone" step_helm_uninstall
+    check "a Deployment on containerd again runs and is reachable" step_deployment_on_containerd_again
+}
+
 full() {
     TMP_STATE=$(mktemp -d)
     host_state >"$TMP_STATE/before"
@@ -802,9 +1054,7 @@ full() {
     : >"$RUN/timings"
     trap 'down; rm -rf "$TMP_STATE"' EXIT
     up_steps
-    check "a Deployment on containerd runs, is reachable, in systemd cgroups" step_deployment_on_containerd
-    # The berth steps go here (issue 10): helm install → the kubelet on berth → pods re-created on
-    # berth → a Deployment → systemctl restart berth → helm uninstall → back on containerd, Ready.
+    berth_steps
     cp "$RUN/timings" "$TMP_STATE/timings"
     check_always "teardown" down
     check_always "host as before (cgroup mounts, iptables, mounts, links, cgroups, processes)" host_unchanged
@@ -841,6 +1091,14 @@ up)
     echo "$PASSED passed, $FAILED failed"
     if [ "$FAILED" -ne 0 ]; then exit 1; fi
     ;;
+berth)
+    if [ ! -f "$RUN/kubeconfig" ] || ! node_running; then die "no node is up: run $0 up first"; fi
+    : >"$RUN/timings"
+    berth_steps
+    sed 's/^/timing: /' "$RUN/timings"
+    echo "$PASSED passed, $FAILED failed"
+    if [ "$FAILED" -ne 0 ]; then exit 1; fi
+    ;;
 down) down ;;
 exec)
     shift
@@ -852,7 +1110,7 @@ env)
     echo "export PATH=$(tools_bin):\$PATH"
     ;;
 *)
-    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,12s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac

@@ -57,7 +57,8 @@ for want in \
     'run: systemctl disable --now containerd.service' \
     'write /var/lib/kubelet/kubeadm-flags.env (mode 644): point at unix:///run/berth/berth.sock' \
     'write /etc/default/kubelet (mode 644): point at' \
-    'wait for the node to be Ready on berth://'; do
+    'wait for the node to be Ready on berth://' \
+    "wait for the installer's pod, re-created on berth, to confirm"; do
     grep -qF "$want" <<<"$plan" || fail "install plan lacks \"$want\":"$'\n'"$plan"
 done
 grep -q 'cgroup driver Systemd' "$tmp/stderr" || fail "the node's cgroup driver was not read: $(cat "$tmp/stderr")"

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use berth::install::host::{Direct, Host, HostLock, HostNamespace};
 use berth::install::kube::{self, Kube};
 use berth::install::real::Real;
@@ -78,11 +78,16 @@ fn settings(cli: &Cli) -> Result<Settings> {
     Ok(Settings::load(&cli.settings)?)
 }
 
-/// The API client: the pod's service account, or the copy the pod left for the host units.
+/// The API client: the pod's service account in the pod; on the host (the switch and uninstall
+/// units), the node's own credentials, the kubelet's kubeconfig.
 fn kube_client(on_host: bool, node: &Option<String>) -> Option<(Kube, String)> {
     let node = node.clone()?;
-    let dir = if on_host { PathBuf::from(inst::KUBE_DIR) } else { PathBuf::from(kube::SERVICE_ACCOUNT_DIR) };
-    match Kube::from_dir(&dir) {
+    let client = if on_host {
+        Kube::from_kubeconfig(std::path::Path::new(kube::KUBELET_KUBECONFIG))
+    } else {
+        Kube::from_dir(std::path::Path::new(kube::SERVICE_ACCOUNT_DIR))
+    };
+    match client {
         Ok(k) => Some((k, node)),
         Err(e) => {
             say(&format!("no API access ({e:#}): node labels and readiness are not checked"));
@@ -132,7 +137,16 @@ fn install(cli: &Cli, payload: &std::path::Path, wait: bool, daemonset: Option<&
     ];
     real.switch_argv.extend(cli.node.as_ref().map(|n| format!("--node={n}")));
     real.switch_argv.push("switch".into());
-    let lock = HostLock::acquire(&host, std::time::Duration::from_secs(600))?;
+    // Only a plan that changes the node takes its lock, and is then made again under it. The pod
+    // re-created on berth only verifies, and must not wait for the lock: the switch unit holds it
+    // while it waits for this very pod's word.
+    let verify_only = plan.steps.iter().all(|s| *s == inst::Step::WaitBerth);
+    let (plan, lock) = if verify_only {
+        (plan, None)
+    } else {
+        let lock = HostLock::acquire(&host, std::time::Duration::from_secs(600))?;
+        (inst::plan_install(&host, &payload, &settings, &settings_text)?, Some(lock))
+    };
     if let Some(msg) = inst::previous_failure(&host, &payload.version)? {
         say(&format!("a previous switch with this installer failed, not retrying: {msg}"));
         label(&real, "failed", Some(&msg));
@@ -157,7 +171,15 @@ fn install(cli: &Cli, payload: &std::path::Path, wait: bool, daemonset: Option<&
     } else if plan.switched {
         let mut fx = real;
         if fx.kube.is_some() {
-            inst::execute(&host, &[inst::Step::WaitReady { berth: true }], &mut fx, &mut log)?;
+            // Any Ready heartbeat on berth:// will do: the kubelet reports its status only every
+            // few minutes while nothing changes, and the switch (if it just happened) waited for a
+            // fresh one already.
+            say(&inst::Step::WaitReady { berth: true }.to_string());
+            if let Err(e) = inst::Effects::wait_ready(&mut fx, true, std::time::SystemTime::UNIX_EPOCH) {
+                // The switch unit, waiting for this pod's word, reverts the node now.
+                label(&fx, "failed", Some(&format!("{e:#}")));
+                return Err(e);
+            }
         }
         say("the node runs on berth");
         label(&fx, "true", None);
@@ -248,12 +270,12 @@ fn uninstall(cli: &Cli) -> Result<()> {
     let host = host(cli);
     let settings = settings(cli).unwrap_or_default();
     let driver = inst::kubelet::cgroup_driver(&host.read_string(inst::KUBELET_CONFIG)?.unwrap_or_default());
-    let endpoint = inst::settings::berth_config(&settings, driver)
-        .map(|(_, c)| inst::berth_endpoint(&c))
-        .unwrap_or_else(|_| format!("unix://{}", berth::config::Config::default().grpc.address.display()));
-    let steps = inst::plan_revert(&host, &endpoint, true)?;
+    let config = inst::settings::berth_config(&settings, driver).map(|(_, c)| c).unwrap_or_default();
+    let endpoint = inst::berth_endpoint(&config);
+    let revert = inst::plan_revert(&host, &endpoint)?;
+    let remove = inst::plan_remove(&host, &[&config.root, &config.state])?;
     if cli.dry_run {
-        println!("uninstall plan:\n{}", inst::describe(&steps));
+        println!("uninstall plan:\n{}", inst::describe(&[revert, remove].concat()));
         return Ok(());
     }
     if cli.host_root != std::path::Path::new("/") {
@@ -264,12 +286,16 @@ fn uninstall(cli: &Cli) -> Result<()> {
     let mut real = Real::new(berth_socket(&endpoint), settings.ready_timeout)?;
     real.kube = kube_client(true, &cli.node);
     let mut log = |s: &str| say(s);
-    inst::execute(&host, &steps, &mut real, &mut log)?;
+    // berth goes only once the node is back: its pods that would not stop are left to berth.
+    inst::execute_revert(&host, &revert, &mut real, &mut log)?;
+    inst::execute(&host, &remove, &mut real, &mut log)?;
+    // The backups are spent: every file they kept is back.
+    std::fs::remove_dir_all(host.path(inst::STATE_DIR))
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("removing {}", inst::STATE_DIR))?;
     if let Some((k, node)) = &real.kube {
         real.block_on(k.label(node, &[(kube::LABEL, None)], &[("berth.dev/install-error", None)]))?;
     }
-    let _ = std::fs::remove_dir_all(host.path(inst::KUBE_DIR));
-    let _ = std::fs::remove_dir_all(host.path(&format!("{}/backup", inst::STATE_DIR)));
     say("berth is uninstalled; the kubelet runs on its old runtime");
     Ok(())
 }
@@ -277,18 +303,7 @@ fn uninstall(cli: &Cli) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::HostExec { argv } => match berth::install::host::host_exec(argv)? {},
-        Command::Install { payload, wait, daemonset } => {
-            if !cli.dry_run && cli.host_root != std::path::Path::new("/") {
-                // The host unit needs the API too, and has no service account of its own.
-                if let Err(e) = Kube::save_credentials(
-                    std::path::Path::new(kube::SERVICE_ACCOUNT_DIR),
-                    &cli.host_root.join(inst::KUBE_DIR.trim_start_matches('/')),
-                ) {
-                    say(&format!("not saving API credentials for the host units: {e:#}"));
-                }
-            }
-            install(&cli, payload, *wait, daemonset.as_deref())
-        }
+        Command::Install { payload, wait, daemonset } => install(&cli, payload, *wait, daemonset.as_deref()),
         Command::Switch => switch(&cli),
         Command::Uninstall => uninstall(&cli),
     }

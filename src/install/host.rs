@@ -62,6 +62,46 @@ impl Host {
         }
     }
 
+    /// Removes the empty directories under `abs`, and `abs` itself when it ends up empty; files and
+    /// the directories holding them stay.
+    pub fn prune(&self, abs: &str) -> Result<()> {
+        fn walk(dir: &Path) -> std::io::Result<()> {
+            for e in fs::read_dir(dir)? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    walk(&e.path())?;
+                }
+            }
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(()),
+                r => r,
+            }
+        }
+        match walk(&self.path(abs)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.with_context(|| format!("removing the empty directories of {abs}")),
+        }
+    }
+
+    /// Removes a directory tree, refusing (and removing nothing) while anything is mounted at or
+    /// below it: a container's rootfs left mounted would otherwise lose its files.
+    pub fn remove_tree(&self, abs: &str) -> Result<()> {
+        let dir = self.path(abs);
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+        let mounted: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&dir))
+            .collect();
+        if !mounted.is_empty() {
+            bail!("{abs} still has mounts ({}): left in place", mounted.join(", "));
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.with_context(|| format!("removing {abs}")),
+        }
+    }
+
     pub fn exists(&self, abs: &str) -> bool {
         fs::symlink_metadata(self.path(abs)).is_ok()
     }

@@ -36,8 +36,6 @@ use settings::{InstallCni, Settings};
 pub const STATE_DIR: &str = "/var/lib/berth-install";
 /// Serialises every installer run on a node.
 pub const LOCK: &str = "/run/lock/berth-install.lock";
-/// The API credentials the host units use (copied from the pod's service account).
-pub const KUBE_DIR: &str = "/run/berth-install/kube";
 /// Where berth's binaries go.
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// The binaries the image carries (in `<payload>/bin`).
@@ -70,6 +68,10 @@ pub enum Step {
     Write { path: String, data: Vec<u8>, mode: u32, why: String },
     /// Remove a host file.
     Remove { path: String },
+    /// Remove the empty directories under a host directory (and it, when empty).
+    Prune { path: String },
+    /// Remove a host directory and everything in it, unless something is mounted below it.
+    RemoveTree { path: String },
     /// Run a host command.
     Run { argv: Vec<String> },
     /// Wait until berth's CRI reports RuntimeReady.
@@ -80,6 +82,9 @@ pub enum Step {
     StartSwitch,
     /// Wait until the node is Ready with this runtime (`berth`, or anything else).
     WaitReady { berth: bool },
+    /// Wait until the installer's pod, re-created on berth, confirms the node works on berth (the
+    /// node's label goes to `true`): berth pulled its image and runs its privileged container.
+    WaitConfirmed,
 }
 
 impl fmt::Display for Step {
@@ -87,6 +92,8 @@ impl fmt::Display for Step {
         match self {
             Step::Write { path, mode, why, .. } => write!(f, "write {path} (mode {mode:o}): {why}"),
             Step::Remove { path } => write!(f, "remove {path}"),
+            Step::Prune { path } => write!(f, "remove the empty directories of {path}"),
+            Step::RemoveTree { path } => write!(f, "remove {path} and everything in it"),
             Step::Run { argv } => write!(f, "run: {}", argv.join(" ")),
             Step::WaitBerth => write!(f, "wait for berth's CRI socket to report RuntimeReady"),
             Step::RemovePods { endpoint } => write!(f, "stop and remove every pod sandbox on {endpoint}"),
@@ -96,6 +103,11 @@ impl fmt::Display for Step {
             ),
             Step::WaitReady { berth: true } => write!(f, "wait for the node to be Ready on berth://"),
             Step::WaitReady { berth: false } => write!(f, "wait for the node to be Ready on its old runtime"),
+            Step::WaitConfirmed => write!(
+                f,
+                "wait for the installer's pod, re-created on berth, to confirm (label {}=true)",
+                kube::LABEL
+            ),
         }
     }
 }
@@ -338,12 +350,13 @@ pub fn plan_switch(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     steps.push(run(&["systemctl", "daemon-reload"]));
     steps.push(run(&["systemctl", "start", "kubelet.service"]));
     steps.push(Step::WaitReady { berth: true });
+    steps.push(Step::WaitConfirmed);
     Ok(steps)
 }
 
-/// The revert: the kubelet back on the old runtime, every edited file as it was. With `uninstall`,
-/// berth's own files and service go too.
-pub fn plan_revert(host: &Host, berth_endpoint: &str, uninstall: bool) -> Result<Vec<Step>> {
+/// The revert: the kubelet back on the old runtime, every edited file as it was (see
+/// [`execute_revert`]).
+pub fn plan_revert(host: &Host, berth_endpoint: &str) -> Result<Vec<Step>> {
     let record: Option<SwitchRecord> = match host.read_string(SWITCH_RECORD)? {
         Some(t) => Some(toml::from_str(&t).with_context(|| format!("reading {SWITCH_RECORD}"))?),
         None => None,
@@ -378,21 +391,35 @@ pub fn plan_revert(host: &Host, berth_endpoint: &str, uninstall: bool) -> Result
     } else {
         steps.append(&mut restores);
     }
-    if uninstall {
-        if host.exists(UNIT_PATH) {
-            steps.push(run(&["systemctl", "disable", "--now", UNIT]));
+    Ok(steps)
+}
+
+/// The uninstall after the revert: berth's service, every file the installer created, and berth's
+/// own directories (`data`: its root and state, images and all).
+pub fn plan_remove(host: &Host, data: &[&Path]) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    if host.exists(UNIT_PATH) {
+        steps.push(run(&["systemctl", "disable", "--now", UNIT]));
+    }
+    let installed = host.read_string(INSTALLED)?.unwrap_or_default();
+    for path in installed.lines().filter(|l| l.starts_with('/')) {
+        if host.exists(path) {
+            steps.push(Step::Remove { path: path.into() });
         }
-        let installed = host.read_string(INSTALLED)?.unwrap_or_default();
-        for path in installed.lines().filter(|l| l.starts_with('/')) {
-            if host.exists(path) {
-                steps.push(Step::Remove { path: path.into() });
-            }
+    }
+    steps.push(run(&["systemctl", "daemon-reload"]));
+    if host.exists("/etc/berth") {
+        steps.push(Step::Prune { path: "/etc/berth".into() });
+    }
+    for path in [SWITCH_RECORD, FAILED, INSTALLED] {
+        if host.exists(path) {
+            steps.push(Step::Remove { path: path.into() });
         }
-        steps.push(run(&["systemctl", "daemon-reload"]));
-        for path in [SWITCH_RECORD, FAILED, INSTALLED] {
-            if host.exists(path) {
-                steps.push(Step::Remove { path: path.into() });
-            }
+    }
+    for dir in data {
+        let dir = dir.to_string_lossy();
+        if host.exists(&dir) {
+            steps.push(Step::RemoveTree { path: dir.into_owned() });
         }
     }
     Ok(steps)
@@ -404,33 +431,72 @@ pub trait Effects {
     fn remove_pods(&mut self, host: &Host, endpoint: &str) -> Result<usize>;
     fn start_switch(&mut self, host: &Host) -> Result<()>;
     fn wait_ready(&mut self, berth: bool, since: SystemTime) -> Result<()>;
+    fn wait_confirmed(&mut self) -> Result<()>;
 }
 
 /// Runs the steps in order; stops at the first failure, naming the step.
 pub fn execute(host: &Host, steps: &[Step], fx: &mut dyn Effects, log: &mut dyn FnMut(&str)) -> Result<()> {
     let since = SystemTime::now();
     for step in steps {
-        log(&step.to_string());
-        let r: Result<()> = match step {
-            Step::Write { path, data, mode, .. } => {
-                let r = host.write_if_changed(path, data, *mode).map(|_| ());
-                if r.is_ok() && !path.starts_with(STATE_DIR) {
-                    record_installed(host, path)?;
-                }
-                r
-            }
-            Step::Remove { path } => host.remove(path).map(|_| ()),
-            Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
-            Step::WaitBerth => fx.wait_berth(host),
-            Step::RemovePods { endpoint } => {
-                fx.remove_pods(host, endpoint).map(|n| log(&format!("  removed {n} pod sandboxes")))
-            }
-            Step::StartSwitch => fx.start_switch(host),
-            Step::WaitReady { berth } => fx.wait_ready(*berth, since),
-        };
-        r.with_context(|| format!("step failed: {step}"))?;
+        run_step(host, step, since, fx, log)?;
     }
     Ok(())
+}
+
+/// Runs a revert: every step, even after one failed (berth's pods that would not stop must not
+/// keep the kubelet from its old runtime); the first failure is returned at the end, with the
+/// number of others.
+pub fn execute_revert(
+    host: &Host,
+    steps: &[Step],
+    fx: &mut dyn Effects,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let since = SystemTime::now();
+    let mut failures = Vec::new();
+    for step in steps {
+        if let Err(e) = run_step(host, step, since, fx, log) {
+            log(&format!("  {e:#}; the revert goes on"));
+            failures.push(e);
+        }
+    }
+    let n = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some(e) if n == 1 => Err(e),
+        Some(e) => Err(e.context(format!("{} steps of the revert failed, the first", n))),
+    }
+}
+
+fn run_step(
+    host: &Host,
+    step: &Step,
+    since: SystemTime,
+    fx: &mut dyn Effects,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    log(&step.to_string());
+    let r: Result<()> = match step {
+        Step::Write { path, data, mode, .. } => {
+            let r = host.write_if_changed(path, data, *mode).map(|_| ());
+            if r.is_ok() && !path.starts_with(STATE_DIR) {
+                record_installed(host, path)?;
+            }
+            r
+        }
+        Step::Remove { path } => host.remove(path).map(|_| ()),
+        Step::Prune { path } => host.prune(path),
+        Step::RemoveTree { path } => host.remove_tree(path),
+        Step::Run { argv } => host.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).map(|_| ()),
+        Step::WaitBerth => fx.wait_berth(host),
+        Step::RemovePods { endpoint } => {
+            fx.remove_pods(host, endpoint).map(|n| log(&format!("  removed {n} pod sandboxes")))
+        }
+        Step::StartSwitch => fx.start_switch(host),
+        Step::WaitReady { berth } => fx.wait_ready(*berth, since),
+        Step::WaitConfirmed => fx.wait_confirmed(),
+    };
+    r.with_context(|| format!("step failed: {step}"))
 }
 
 /// Files the installer created (not edited ones: those have backups) are listed for uninstall.
@@ -463,7 +529,7 @@ pub fn switch(
         return Ok(());
     };
     log(&format!("switch failed: {err:#}; reverting to the old runtime"));
-    let reverted = plan_revert(host, berth_endpoint, false).and_then(|s| execute(host, &s, fx, log));
+    let reverted = plan_revert(host, berth_endpoint).and_then(|s| execute_revert(host, &s, fx, log));
     let msg = match &reverted {
         Ok(()) => format!("{err:#}"),
         Err(e) => format!("{err:#}; the revert failed too: {e:#}"),

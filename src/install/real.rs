@@ -11,7 +11,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::host::Host;
-use super::kube::Kube;
+use super::kube::{Kube, LABEL};
 use super::{Effects, poll};
 
 /// How long a CRI call may take.
@@ -102,6 +102,24 @@ impl Effects for Real {
         ];
         argv.extend(self.switch_argv.iter().map(String::as_str));
         host.run(&argv).map(|_| ())
+    }
+
+    fn wait_confirmed(&mut self) -> Result<()> {
+        let Some((kube, node)) = &self.kube else {
+            bail!("no API credentials: cannot see the installer's confirmation");
+        };
+        let rt = &self.rt;
+        let mut failed = false;
+        poll("the installer's pod on berth to confirm", self.ready_timeout, Duration::from_secs(2), || {
+            let n = rt.block_on(kube.node(node))?;
+            let label = n.labels.get(LABEL).and_then(|v| v.as_str()).unwrap_or("");
+            failed = label == "failed";
+            Ok(label == "true" || failed)
+        })?;
+        if failed {
+            bail!("the installer's pod on berth failed (annotation berth.dev/install-error)");
+        }
+        Ok(())
     }
 
     fn wait_ready(&mut self, berth: bool, since: SystemTime) -> Result<()> {

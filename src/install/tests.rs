@@ -74,6 +74,10 @@ fn payload(tag: &str) -> Payload {
 struct Effs {
     calls: Vec<String>,
     berth_ready_fails: bool,
+    /// The installer's pod on berth never confirms (berth cannot run it).
+    unconfirmed: bool,
+    /// Removing the pods of this endpoint fails (a pod that will not stop).
+    remove_fails: Option<&'static str>,
 }
 
 impl Effects for Effs {
@@ -83,6 +87,9 @@ impl Effects for Effs {
     }
     fn remove_pods(&mut self, _: &Host, endpoint: &str) -> Result<usize> {
         self.calls.push(format!("remove_pods {endpoint}"));
+        if self.remove_fails == Some(endpoint) {
+            bail!("stopping pod sandbox 138d5: deadline exceeded");
+        }
         Ok(2)
     }
     fn start_switch(&mut self, _: &Host) -> Result<()> {
@@ -93,6 +100,13 @@ impl Effects for Effs {
         self.calls.push(format!("wait_ready berth={berth}"));
         if berth && self.berth_ready_fails {
             bail!("the node Ready on berth://: not within 5m");
+        }
+        Ok(())
+    }
+    fn wait_confirmed(&mut self) -> Result<()> {
+        self.calls.push("wait_confirmed".into());
+        if self.unconfirmed {
+            bail!("no confirmation from the installer's pod on berth: not within 5m");
         }
         Ok(())
     }
@@ -194,7 +208,14 @@ fn switch_points_the_kubelet_at_berth_and_a_second_switch_only_waits() {
     install(&node, "v1");
     let mut fx = Effs::default();
     switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap();
-    assert_eq!(fx.calls, [format!("remove_pods {CONTAINERD_ENDPOINT}"), "wait_ready berth=true".to_string()]);
+    assert_eq!(
+        fx.calls,
+        [
+            format!("remove_pods {CONTAINERD_ENDPOINT}"),
+            "wait_ready berth=true".into(),
+            "wait_confirmed".into()
+        ]
+    );
     let read = |p| node.host.read_string(p).unwrap().unwrap();
     assert!(
         read(FLAGS_ENV)
@@ -250,23 +271,76 @@ fn a_failed_switch_reverts_every_kubelet_file_and_is_not_retried() {
 }
 
 #[test]
+fn a_node_ready_on_berth_whose_installer_pod_never_confirms_is_reverted() {
+    // The kubelet reports Ready on berth before it runs any pod: only the installer's own pod,
+    // running on berth, proves berth runs pods on this node.
+    let node = kind_node();
+    install(&node, "v1");
+    let before = snapshot(&node.host);
+    let mut fx = Effs { unconfirmed: true, ..Default::default() };
+    let err = switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("step failed: wait for the installer's pod, re-created on berth, to confirm"),
+        "{err}"
+    );
+    let i = |c: &str| fx.calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("{c} in {:?}", fx.calls));
+    assert!(i("wait_ready berth=true") < i("wait_confirmed"));
+    assert!(i("wait_confirmed") < i(&format!("remove_pods {BERTH_EP}")));
+    assert_eq!(fx.calls.last().unwrap(), "wait_ready berth=false");
+    let after = snapshot(&node.host);
+    for path in [FLAGS_ENV, KUBELET_CONFIG, DEFAULT_KUBELET, CRICTL_YAML] {
+        assert_eq!(after.get(path), before.get(path), "{path} restored byte for byte");
+    }
+    assert!(node.active.lock().unwrap().contains("containerd.service"));
+    assert!(previous_failure(&node.host, "v1").unwrap().is_some());
+}
+
+#[test]
+fn the_revert_goes_on_when_berths_pods_do_not_stop() {
+    let node = kind_node();
+    install(&node, "v1");
+    let before = snapshot(&node.host);
+    let mut fx = Effs { unconfirmed: true, remove_fails: Some(BERTH_EP), ..Default::default() };
+    let err = switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("the revert failed too"), "{err}");
+    assert!(err.contains("stopping pod sandbox 138d5"), "{err}");
+    // Everything after the failed step still ran: the node is back on containerd.
+    assert_eq!(fx.calls.last().unwrap(), "wait_ready berth=false", "{:?}", fx.calls);
+    let after = snapshot(&node.host);
+    for path in [FLAGS_ENV, KUBELET_CONFIG, DEFAULT_KUBELET, CRICTL_YAML] {
+        assert_eq!(after.get(path), before.get(path), "{path} restored byte for byte");
+    }
+    assert!(!after.contains_key(KUBELET_DROPIN));
+    let active = node.active.lock().unwrap().clone();
+    assert!(active.contains("containerd.service") && active.contains("kubelet.service"), "{active:?}");
+}
+
+#[test]
 fn uninstall_puts_every_file_back_and_removes_berths() {
     let node = kind_node();
     let original = snapshot(&node.host);
     install(&node, "v1");
     let mut fx = Effs::default();
     switch(&node.host, BERTH_EP, "v1", &mut fx, &mut |_| {}).unwrap();
-    let steps = plan_revert(&node.host, BERTH_EP, true).unwrap();
     let mut fx = Effs::default();
-    execute(&node.host, &steps, &mut fx, &mut |_| {}).unwrap();
-    let _ = std::fs::remove_dir_all(node.host.path(&format!("{STATE_DIR}/backup")));
+    let revert = plan_revert(&node.host, BERTH_EP).unwrap();
+    execute_revert(&node.host, &revert, &mut fx, &mut |_| {}).unwrap();
+    // berth's root and state, as berthd left them.
+    node.host.write_if_changed("/var/lib/berth/meta.redb", b"db", 0o600).unwrap();
+    node.host.write_if_changed("/run/berth/pods/x/shim.log", b"log", 0o600).unwrap();
+    let data = [Path::new("/var/lib/berth"), Path::new("/run/berth")];
+    execute(&node.host, &plan_remove(&node.host, &data).unwrap(), &mut fx, &mut |_| {}).unwrap();
+    assert!(!node.host.exists("/var/lib/berth") && !node.host.exists("/run/berth"));
+    assert!(!node.host.exists("/etc/berth"), "berth's emptied directories go too");
+    let _ = std::fs::remove_dir_all(node.host.path(STATE_DIR)); // as `berth-install uninstall` ends
     let mut now = snapshot(&node.host);
     now.retain(|p, _| !p.starts_with("/run/lock/"));
     assert_eq!(now, original, "only the node's own files are left, as they were");
     let active = node.active.lock().unwrap().clone();
     assert_eq!(active, BTreeSet::from(["containerd.service".to_string(), "kubelet.service".to_string()]));
     // A second uninstall has nothing to revert.
-    let again = plan_revert(&node.host, BERTH_EP, true).unwrap();
+    let again =
+        [plan_revert(&node.host, BERTH_EP).unwrap(), plan_remove(&node.host, &data).unwrap()].concat();
     assert!(again.iter().all(|s| matches!(s, Step::Run { .. })), "{again:?}");
 }
 
@@ -279,6 +353,33 @@ fn berth_cni_goes_in_only_on_a_node_without_a_network() {
     // Now that it is berth's own, it stays managed (and a second run changes nothing).
     let (again, _) = install(&node, "v1");
     assert!(!writes(&again.steps).contains(&CNI_CONF));
+}
+
+#[test]
+fn prune_removes_empty_directories_only() {
+    let node = kind_node();
+    node.host.write_if_changed("/etc/berth/certs.d/a/hosts.toml", b"x", 0o644).unwrap();
+    std::fs::create_dir_all(node.host.path("/etc/berth/certs.d/b/c")).unwrap();
+    node.host.prune("/etc/berth").unwrap();
+    assert!(node.host.exists("/etc/berth/certs.d/a/hosts.toml"));
+    assert!(!node.host.exists("/etc/berth/certs.d/b"));
+    node.host.remove("/etc/berth/certs.d/a/hosts.toml").unwrap();
+    node.host.prune("/etc/berth").unwrap();
+    assert!(!node.host.exists("/etc/berth") && node.host.exists("/etc"));
+    node.host.prune("/etc/berth").unwrap(); // already gone: fine
+}
+
+#[test]
+fn remove_tree_refuses_a_tree_with_a_mount_below() {
+    let node = kind_node();
+    // /proc is a mount point on every machine (and nothing in it could be removed anyway).
+    let err =
+        Host { root: "/".into(), runner: Box::new(super::host::Direct) }.remove_tree("/proc").unwrap_err();
+    assert!(err.to_string().contains("still has mounts"), "{err}");
+    node.host.write_if_changed("/var/lib/berth/a/b", b"x", 0o600).unwrap();
+    node.host.remove_tree("/var/lib/berth").unwrap();
+    assert!(!node.host.exists("/var/lib/berth") && node.host.exists("/var/lib"));
+    node.host.remove_tree("/var/lib/berth").unwrap(); // gone already: fine
 }
 
 #[test]
