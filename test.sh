@@ -91,6 +91,9 @@ say "cargo test --all-targets"
 export RUST_BACKTRACE=1
 cargo test --all-targets
 
+say "the chart and the installer on a fake kind node (deploy/test.sh)"
+deploy/test.sh
+
 if $cluster; then
     say "the one-node cluster on berth: tools, images, cluster.sh up"
     cargo build --bins
