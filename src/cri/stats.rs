@@ -167,13 +167,16 @@ fn interface_usage(i: &InterfaceStats) -> api::NetworkInterfaceUsage {
 }
 
 /// CRI network usage: eth0 as the default interface, every interface (eth0 too) in the list, as
-/// cAdvisor lists them.
-fn network_usage(ifaces: &[InterfaceStats], at: i64) -> api::NetworkUsage {
-    api::NetworkUsage {
+/// cAdvisor lists them. None without eth0 (a pod being stopped, its CNI DEL done): the kubelet
+/// (1.36, `addCRIPodNetworkStats`) dereferences the default interface whenever a network is
+/// reported, and a network without one crashed it. containerd never reports one without it either.
+fn network_usage(ifaces: &[InterfaceStats], at: i64) -> Option<api::NetworkUsage> {
+    let default = ifaces.iter().find(|i| i.name == DEFAULT_INTERFACE)?;
+    Some(api::NetworkUsage {
         timestamp: at,
-        default_interface: ifaces.iter().find(|i| i.name == DEFAULT_INTERFACE).map(interface_usage),
+        default_interface: Some(interface_usage(default)),
         interfaces: ifaces.iter().map(interface_usage).collect(),
-    }
+    })
 }
 
 /// Builds metrics that share one set of base label values.
@@ -410,7 +413,7 @@ impl Pods {
             linux: Some(api::LinuxPodSandboxStats {
                 cpu: cpu.map(|cpu| cpu_usage(cpu, at, self.stats.cpu_rate(&s.id, cpu.usage_ns, at))),
                 memory: memory.map(|m| memory_usage(m, at)),
-                network: s.netns.is_some().then(|| network_usage(&ifaces, at)),
+                network: s.netns.as_ref().and_then(|_| network_usage(&ifaces, at)),
                 process: stats
                     .as_ref()
                     .and_then(|st| st.pids)
@@ -583,11 +586,13 @@ mod tests {
             InterfaceStats { name: "net1".into(), rx_bytes: 1, ..Default::default() },
             InterfaceStats { name: "eth0".into(), rx_bytes: 2, tx_errors: 4, ..Default::default() },
         ];
-        let n = network_usage(&ifaces, 3);
+        let n = network_usage(&ifaces, 3).unwrap();
         let d = n.default_interface.unwrap();
         assert_eq!((d.name.as_str(), d.rx_bytes.unwrap().value, d.tx_errors.unwrap().value), ("eth0", 2, 4));
         assert_eq!(n.interfaces.len(), 2);
-        assert!(network_usage(&ifaces[..1], 3).default_interface.is_none());
+        // No eth0 (its CNI DEL done): no network at all, never one without its default interface.
+        assert!(network_usage(&ifaces[..1], 3).is_none());
+        assert!(network_usage(&[], 3).is_none());
     }
 
     #[test]
