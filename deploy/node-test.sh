@@ -276,11 +276,7 @@ version = 2
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = "/etc/containerd/certs.d"
 EOF
-    for h in $MIRRORED; do
-        mkdir -p "$r/etc/containerd/certs.d/$h"
-        printf 'server = "https://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
-            "$h" "$registry" >"$r/etc/containerd/certs.d/$h/hosts.toml"
-    done
+    "$CLUSTER" mirrors "$r/etc/containerd/certs.d" "$registry"
     mkdir -p "$r/etc/containerd/certs.d/$registry"
     printf 'server = "http://%s"\n' "$registry" >"$r/etc/containerd/certs.d/$registry/hosts.toml"
     printf 'runtime-endpoint: unix:///run/containerd/containerd.sock\n' >"$r/etc/crictl.yaml"

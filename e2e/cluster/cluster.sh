@@ -8,6 +8,8 @@
 #                                                            controller-manager, scheduler): no node here
 #   e2e/cluster/cluster.sh node-kubeconfig NAME              mint a kubelet client certificate for a node
 #                                                            NAME running elsewhere; prints its kubeconfig
+#   e2e/cluster/cluster.sh mirrors DIR REGISTRY              write certs.d/<host>/hosts.toml under DIR
+#                                                            sending every mirrored registry to REGISTRY
 #   e2e/cluster/cluster.sh env                               print those two lines again
 #   e2e/cluster/cluster.sh down                              stop it and remove everything it made
 #   e2e/cluster/cluster.sh status                            what runs, and the node's Ready condition
@@ -603,11 +605,12 @@ down) down ;;
 env) env_cmd ;;
 status) status ;;
 node-kubeconfig) node_kubeconfig "${2:-}" ;;
+mirrors) mirrors "${2:?usage: cluster.sh mirrors DIR REGISTRY}" "${3:?usage: cluster.sh mirrors DIR REGISTRY}" ;;
 kill-runtime) kill_runtime ;;
 restart-kubelet) restart_kubelet ;;
 restart-node) restart_node ;;
 *)
-    sed -n '2,18s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,20s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac
