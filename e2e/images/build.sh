@@ -43,6 +43,7 @@ need_packages() {
     command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
     [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
     command -v bzip2 >/dev/null || missing+=(bzip2)
+    [ -x /bin/bash-static ] || missing+=(bash-static)
     command -v flock >/dev/null || missing+=(util-linux)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]}"
@@ -97,6 +98,7 @@ test-image-user-username-group k8s-staging-cri-tools/test-image-user-username-gr
 predefined-group k8s-staging-cri-tools/test-image-predefined-group:latest
 nonewprivs e2e-test-images/nonewprivs:1.3
 nonewprivs e2e-test-images/nonewprivs:1.4
+glibc-dns-testing e2e-test-images/glibc-dns-testing:2.0.0
 nonroot e2e-test-images/nonroot:1.4
 nonroot e2e-test-images/nonroot:1.5
 ipc-utils e2e-test-images/ipc-utils:1.3
@@ -124,9 +126,17 @@ etcd etcd:3.6.8-0
 # package (Debian's patches applied) with upstream `make defconfig` + static, minus tc (which does not
 # build against current kernel headers). The source comes through apt with a private state dir whose
 # deb-src lines are this machine's own deb lines, so the system's apt setup is left alone.
+# One more change from defconfig: FEATURE_DI_ENV_HACK (a config option of Debian's patches) keeps
+# environment variables whose names are not shell names (`data-1`, `p-data-1`) and passes them on to
+# commands. Upstream ash drops them; Kubernetes' envFrom specs ("ConfigMap/Secrets should be consumable
+# via the environment" [NodeConformance]) run `sh -c env` in the e2e busybox and expect them.
+BUSYBOX_CONFIG=(-e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' -e 's/^CONFIG_TC=y/# CONFIG_TC is not set/'
+    -e 's/^# CONFIG_FEATURE_DI_ENV_HACK is not set/CONFIG_FEATURE_DI_ENV_HACK=y/')
 build_busybox() { # prints the path of the static busybox
-    local dir=$CACHE/busybox have apt src ver work
-    have=$(find "$dir" -mindepth 2 -maxdepth 2 -name busybox -type f 2>/dev/null | sort -V | tail -1 || true)
+    local dir=$CACHE/busybox have apt src ver work flavour
+    # Built busyboxes are kept by source version and by a hash of the config changes.
+    flavour=$(printf '%s\n' "${BUSYBOX_CONFIG[@]}" | sha256sum | cut -c1-8)
+    have=$(find "$dir" -mindepth 2 -maxdepth 2 -path "*-$flavour/busybox" -type f 2>/dev/null | sort -V | tail -1 || true)
     if [ -n "$have" ]; then
         echo "$have"
         return
@@ -158,8 +168,12 @@ build_busybox() { # prints the path of the static busybox
         cd "$work/busybox"
         export KCONFIG_NOTIMESTAMP=1 SOURCE_DATE_EPOCH=$EPOCH
         make defconfig >/dev/null
-        sed -i -e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' -e 's/^CONFIG_TC=y/# CONFIG_TC is not set/' .config
+        sed -i "${BUSYBOX_CONFIG[@]}" .config
         yes "" | make oldconfig >/dev/null
+        grep -qx CONFIG_FEATURE_DI_ENV_HACK=y .config || {
+            echo "this busybox source has no FEATURE_DI_ENV_HACK" >&2
+            exit 1
+        }
         # gcc's warnings on busybox's code are many and harmless: shown only if the build fails
         nice -n 19 make -j"$(nproc)" >make.log 2>&1 || {
             tail -40 make.log >&2
@@ -167,6 +181,9 @@ build_busybox() { # prints the path of the static busybox
         }
     ) || die "building busybox $ver failed"
     file "$work/busybox/busybox" | grep -q 'statically linked' || die "busybox $ver did not link statically"
+    env -i data-1=kept "$work/busybox/busybox" sh -c "$work/busybox/busybox env" | grep -qx data-1=kept ||
+        die "busybox $ver's sh drops environment variables that are not shell names"
+    ver=$ver-$flavour
     mkdir -p "$dir/$ver"
     cp "$work/busybox/.config" "$dir/$ver/config"
     cp "$work/busybox/busybox" "$dir/$ver/.busybox.tmp"
@@ -286,6 +303,11 @@ build_images() { # LAYOUT
     # ipc-utils: upstream is alpine + util-linux for ipcs; busybox has ipcs
     newimg ipc-utils busybox
     cfg ipc-utils --config.cmd sh --config.label berth.test.image=ipc-utils
+    # glibc-dns-testing: upstream is Debian with dnsutils (and coredns); the specs this project runs
+    # ask it for `hostname` and `hostname -f` (the hostname-override specs), which busybox answers
+    # from the pod's /etc/hosts as glibc does (nss files). No dig: the DNS specs need a cluster DNS.
+    newimg glibc-dns-testing busybox
+    cfg glibc-dns-testing --config.cmd sh --config.label berth.test.image=glibc-dns-testing
     # nonroot: USER 1234 on a base image
     newimg nonroot busybox
     cfg nonroot --config.cmd sh --config.user 1234
@@ -385,14 +407,17 @@ EOF
         --config.cmd httpd-foreground --config.exposedports 80/tcp
 
     # agnhost: Kubernetes' own agnhost on busybox, with what its specs exec (sh, nc, wget, ip, ipcs
-    # from busybox; curl as src/curl.sh over busybox wget), /agnhost-2, /uploads, and the user 1000 in
-    # group 50000 that the supplemental-groups specs expect (Dockerfile of test/images/agnhost).
+    # from busybox; curl as src/curl.sh over busybox wget; bash, which upstream installs from alpine,
+    # as Debian's static bash: the sidecar probe specs run `/bin/bash -c`), /agnhost-2, /uploads, and
+    # the user 1000 in group 50000 that the supplemental-groups specs expect (Dockerfile of
+    # test/images/agnhost).
     check_go_pins
     build_go "$WORK/bin/agnhost" k8s.io/kubernetes/test/images/agnhost
     k8s=$(k8s_source)
     A=$(stage rootfs-agnhost)
-    mkdir -p "$A/etc" "$A/uploads" "$A/usr/bin" "$A/home/user-defined-in-image"
+    mkdir -p "$A/bin" "$A/etc" "$A/uploads" "$A/usr/bin" "$A/home/user-defined-in-image"
     install -m 755 "$WORK/bin/agnhost" "$A/agnhost"
+    install -m 755 /bin/bash-static "$A/bin/bash"
     ln -s agnhost "$A/agnhost-2"
     install -m 755 "$HERE/src/curl.sh" "$A/usr/bin/curl"
     install -m 644 "$k8s/test/images/agnhost/porter/localhost.crt" "$A/localhost.crt"
