@@ -37,8 +37,6 @@ use crate::task::{ExitEvent, LaunchOptions, ShimApi, ShimLauncher};
 pub const SCRAPE_SHIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long cleanup steps of a failed or removed object may take, apart from the request's deadline.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes of a termination message read into ContainerStatus.message (the kubelet's limit).
-pub const MAX_TERMINATION_MESSAGE: u64 = 4096;
 /// Label on snapshots of sandboxes and containers: which object owns it.
 pub const LABEL_OWNER: &str = "berth.io/owner";
 
@@ -409,7 +407,6 @@ impl Pods {
             }
             return;
         }
-        let message = self.termination_message(&ev.id);
         // Still Created: StartContainer has not recorded the start yet (an instant exit raced it), or
         // berthd died in between. The exit is recorded either way; its event is StartContainer's to
         // send after STARTED, so that the kubelet never sees a container stop before it started.
@@ -427,9 +424,6 @@ impl Pods {
                     r.finished_at = crate::engine::metadata::now_nanos();
                 }
                 r.reason = exit_reason(ev.exit_code, ev.oom_killed).into();
-                if let Some(m) = message {
-                    r.message = m;
-                }
             }
         });
         if stopped_now {
@@ -503,19 +497,6 @@ impl Pods {
             }
             r.pid = 0;
         });
-    }
-
-    /// The termination message a container wrote (the host side of the mount at its
-    /// terminationMessagePath), capped at the kubelet's 4 KiB.
-    pub fn termination_message(&self, container: &str) -> Option<String> {
-        use std::io::Read;
-        let c = self.store.container(container)?;
-        let path = c.config.annotations.get("io.kubernetes.container.terminationMessagePath")?;
-        let mount = c.config.mounts.iter().find(|m| &m.container_path == path)?;
-        let f = std::fs::File::open(&mount.host_path).ok()?;
-        let mut s = String::new();
-        f.take(MAX_TERMINATION_MESSAGE).read_to_string(&mut s).ok()?;
-        (!s.is_empty()).then_some(s)
     }
 }
 
