@@ -7,7 +7,8 @@
 #                        run (deploy/test.sh), then the one-node Kubernetes cluster on berth
 #                        (e2e/cluster/cluster.sh) and its kubectl scenarios, and last the kind-like
 #                        systemd node switched from containerd to berth by the Helm chart
-#                        (deploy/node-test.sh)
+#                        (deploy/node-test.sh), then Kubernetes' own [NodeConformance] e2e specs on
+#                        a fresh one-node cluster on berth (e2e/conformance/node-e2e.sh)
 #   ./test.sh --no-cluster      everything but the cluster and the node
 #
 # What the tests build for themselves lands in caches outside the repository: the Kubernetes tools
@@ -17,9 +18,9 @@
 set -euo pipefail
 
 # Debian packages the tests need: PACKAGES of e2e/harness/mod.rs (keep in step), and conntrack for
-# kube-proxy, unzip for the Go download.
+# kube-proxy, unzip for the Go download, jq for the conformance run's report.
 PACKAGES="docker-registry skopeo busybox-static umoci openssl apache2-utils curl runc crun containerd
-containernetworking-plugins iptables protobuf-compiler util-linux iproute2 bsdutils unzip conntrack"
+containernetworking-plugins iptables protobuf-compiler util-linux iproute2 bsdutils unzip conntrack jq"
 
 # The Go toolchain the tools are built with when the machine has none this new: Go's own release as the
 # Go module proxy serves it (golang.org/toolchain), checked against this digest.
@@ -107,5 +108,8 @@ if $cluster; then
     trap - EXIT
     say "berth installed onto a kind-like systemd node with the Helm chart (deploy/node-test.sh)"
     deploy/node-test.sh
+    say "Kubernetes' [NodeConformance] specs on berth (e2e/conformance/node-e2e.sh)"
+    # A spec that fails once and passes on its second attempt prints FLAKED and does not fail CI.
+    e2e/conformance/node-e2e.sh --runtime berth --flake-attempts 2
 fi
 say "all passed"
