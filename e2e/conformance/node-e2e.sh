@@ -31,9 +31,9 @@ die() {
 
 # What is selected: every spec with [NodeConformance] in its name ...
 FOCUS='\[NodeConformance\]'
-# ... less these, each `regex|reason`. The regexes match the full spec name.
+# ... less these, each `regex|reason`. The regexes match the full spec name. [Serial] specs are not
+# left out: they run after the others, one at a time (they need the cluster to themselves).
 SKIPS=(
-    '\[Serial\]|[Serial] specs need the whole cluster to themselves; this run is parallel (the issue leaves them out)'
     '\[Disruptive\]|[Disruptive] specs restart or break node components'
     '\[Flaky\]|[Flaky] specs are known to fail at random upstream'
 )
@@ -103,19 +103,27 @@ stop_watcher() {
     pkill -P "$watcher" 2>/dev/null || true
     wait "$watcher" 2>/dev/null || true
 }
-say "running the specs ($procs processes; log in $OUT/e2e.log)"
+say "running the specs ($procs processes, then the [Serial] ones alone; log in $OUT/e2e.log)"
 start=$(date +%s)
+# run_specs REPORT PROCS LABEL-FILTER: one ginkgo run of the selection (ginkgo's own flags come before
+# the suite binary, the suite's after `--`); its exit status.
+run_specs() {
+    "$BIN/ginkgo" --procs="$2" --flake-attempts="$attempts" --timeout=3h --json-report="$1" \
+        --output-dir="$OUT" --no-color --silence-skips --focus="${focus:-$FOCUS}" \
+        ${skip_re:+--skip="$skip_re"} --label-filter="$3" \
+        "$BIN/e2e.test" -- \
+        --kubeconfig="$KUBECONFIG" --provider=skeleton --num-nodes=1 --disable-log-dump \
+        --report-dir="$OUT/${1%.json}" --node-os-distro=debian >>"$OUT/e2e.log" 2>&1
+}
 set +e
-# ginkgo's own flags come before the suite binary; the suite's after `--`.
-"$BIN/ginkgo" --procs="$procs" --flake-attempts="$attempts" --timeout=3h --json-report=report.json --output-dir="$OUT" \
-    --no-color --silence-skips --focus="${focus:-$FOCUS}" --skip="$skip_re" \
-    "$BIN/e2e.test" -- \
-    --kubeconfig="$KUBECONFIG" --provider=skeleton --num-nodes=1 --disable-log-dump \
-    --report-dir="$OUT" --node-os-distro=debian >"$OUT/e2e.log" 2>&1
+run_specs report.json "$procs" '!Serial'
 rc=$?
+run_specs report-serial.json 1 Serial
+rc_serial=$?
 set -e
 stop_watcher
-say "specs ran in $(($(date +%s) - start)) s (ginkgo exit $rc)"
+say "specs ran in $(($(date +%s) - start)) s (ginkgo exit $rc, then $rc_serial for [Serial])"
+[ -s "$OUT/report-serial.json" ] || die "no report from ginkgo's [Serial] run (exit $rc_serial): see $OUT/e2e.log"
 [ -s "$OUT/report.json" ] || die "no report from ginkgo (exit $rc): see $OUT/e2e.log"
 
 # Every spec of the report with its full name, state and skip reason, the selected ones only.
@@ -129,7 +137,11 @@ jq -r --arg focus "$FOCUS" --arg narrow "$focus" --argjson skips "$reasons" '
       elif .State == "passed" then "passed\t\($name)"
       elif .State == "skipped" then "skipped\t\($name)\t\($left_out // (.Failure.Message // "skipped" | gsub("\n"; " ")))"
       elif .State == "pending" then "skipped\t\($name)\tpending upstream"
-      else "failed\t\($name)" end' "$OUT/report.json" | sort -u >"$OUT/specs.tsv"
+      else "failed\t\($name)" end' "$OUT/report.json" "$OUT/report-serial.json" |
+    # Each run reports the other's specs as skipped: a spec that ran counts once, as it ran.
+    awk -F'\t' '$1 != "skipped" { ran[$2] = $0; next } !($2 in left) { left[$2] = $0 }
+        END { for (n in ran) print ran[n]; for (n in left) if (!(n in ran)) print left[n] }' |
+    sort >"$OUT/specs.tsv"
 
 awk -F'\t' '$1 == "skipped" { print $2 "\t" $3 }' "$OUT/specs.tsv" >"$OUT/skipped.txt"
 
@@ -140,7 +152,7 @@ jq -r 'select(.reason == "Pulling" or .reason == "Pulled")
 jq -r '.[].SpecReports[]? | select(.LeafNodeType == "It" and .State != "skipped")
     | ((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" ")) as $name
     | .SpecEvents[]? | (.Message // "") | (capture("Destroying namespace \"(?<ns>[^\"]+)\"")? | .ns)
-    | "\(.)\t\($name)"' "$OUT/report.json" | sort -u >"$OUT/spec-namespaces.tsv"
+    | "\(.)\t\($name)"' "$OUT/report.json" "$OUT/report-serial.json" | sort -u >"$OUT/spec-namespaces.tsv"
 awk -F'\t' 'NR == FNR { imgs[$1] = imgs[$1] ? imgs[$1] "," $2 : $2; next }
     ($1 in imgs) { split(imgs[$1], a, ","); for (k in a) used[$2 SUBSEP a[k]] = 1 }
     END { for (p in used) { split(p, b, SUBSEP); print b[1] "\t" b[2] } }' \
