@@ -126,11 +126,14 @@ say "specs ran in $(($(date +%s) - start)) s (ginkgo exit $rc, then $rc_serial f
 [ -s "$OUT/report-serial.json" ] || die "no report from ginkgo's [Serial] run (exit $rc_serial): see $OUT/e2e.log"
 [ -s "$OUT/report.json" ] || die "no report from ginkgo (exit $rc): see $OUT/e2e.log"
 
+# A spec's full name in ginkgo's JSON report (jq).
+SPEC_NAME='def spec_name: (.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" ");'
+
 # Every spec of the report with its full name, state and skip reason, the selected ones only.
 reasons=$(printf '%s\n' "${SKIPS[@]}" | jq -R 'split("|") | {re: .[0], why: (.[1:] | join("|"))}' | jq -s .)
-jq -r --arg focus "$FOCUS" --arg narrow "$focus" --argjson skips "$reasons" '
+jq -r --arg focus "$FOCUS" --arg narrow "$focus" --argjson skips "$reasons" "$SPEC_NAME"'
     .[].SpecReports[]? | select(.LeafNodeType == "It")
-    | ((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" ")) as $name
+    | spec_name as $name
     | select($name | test($focus)) | select($narrow == "" or ($name | test($narrow)))
     | ([$skips[] | select(.re as $re | $name | test($re)) | .why][0]) as $left_out
     | if .State == "passed" and (.NumAttempts // 1) > 1 then "passed\t\($name)\tflaked"
@@ -145,18 +148,20 @@ jq -r --arg focus "$FOCUS" --arg narrow "$focus" --argjson skips "$reasons" '
 
 awk -F'\t' '$1 == "skipped" { print $2 "\t" $3 }' "$OUT/specs.tsv" >"$OUT/skipped.txt"
 
-# images.tsv: every spec that ran, with the images its pods pulled or found (comma-separated).
+# images.tsv: every spec that ran, a line per image its pods pulled or found. Namespaces by name: the
+# framework names a spec's namespaces when it destroys them ("Destroying namespace \"X\"", or for
+# [Serial] specs "Waiting for namespaces [X Y] to vanish"). C collation: join needs sort's order.
+export LC_ALL=C
 jq -r 'select(.reason == "Pulling" or .reason == "Pulled")
     | (.message | capture("image \"(?<i>[^\"]+)\"")? | .i) as $i
     | "\(.involvedObject.namespace)\t\($i)"' "$OUT/events.json" | sort -u >"$OUT/namespace-images.tsv"
-jq -r '.[].SpecReports[]? | select(.LeafNodeType == "It" and .State != "skipped")
-    | ((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" ")) as $name
-    | .SpecEvents[]? | (.Message // "") | (capture("Destroying namespace \"(?<ns>[^\"]+)\"")? | .ns)
+jq -r "$SPEC_NAME"'.[].SpecReports[]? | select(.LeafNodeType == "It" and .State != "skipped")
+    | spec_name as $name | .SpecEvents[]? | (.Message // "")
+    | (capture("Destroying namespace \"(?<ns>[^\"]+)\"")? | .ns),
+      (capture("Waiting for namespaces \\[(?<l>[^]]*)\\] to vanish")? | .l | split(" ")[])
     | "\(.)\t\($name)"' "$OUT/report.json" "$OUT/report-serial.json" | sort -u >"$OUT/spec-namespaces.tsv"
-awk -F'\t' 'NR == FNR { imgs[$1] = imgs[$1] ? imgs[$1] "," $2 : $2; next }
-    ($1 in imgs) { split(imgs[$1], a, ","); for (k in a) used[$2 SUBSEP a[k]] = 1 }
-    END { for (p in used) { split(p, b, SUBSEP); print b[1] "\t" b[2] } }' \
-    "$OUT/namespace-images.tsv" "$OUT/spec-namespaces.tsv" | sort -u >"$OUT/images.tsv"
+join -t "$(printf '\t')" -o 2.2,1.2 "$OUT/namespace-images.tsv" "$OUT/spec-namespaces.tsv" |
+    sort -u >"$OUT/images.tsv"
 awk -F'\t' '$1 == "passed" && $3 == "flaked" { print "FLAKED: " $2 }' "$OUT/specs.tsv"
 awk -F'\t' '$1 == "failed" { print "FAIL: " $2 }' "$OUT/specs.tsv"
 passed=$(grep -c '^passed' "$OUT/specs.tsv" || true)
