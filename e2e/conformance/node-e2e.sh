@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Kubernetes' own e2e specs (e2e.test of the pinned Kubernetes, tools/build.sh) against one runtime on
-# the one-node cluster of e2e/cluster/cluster.sh: the [NodeConformance] specs, the set containerd and
-# CRI-O gate on, less what SKIPS below leaves out (each with its reason).
+# the one-node cluster of e2e/cluster/cluster.sh, less what SKIPS below leaves out (each with its reason):
+#   --suite node         the [NodeConformance] specs, the set containerd and CRI-O gate on (default; CI)
+#   --suite conformance  the [Conformance] specs that are not [NodeConformance] (the node suite runs
+#                        those): API machinery, apps, kubectl, services, DNS, scheduling, storage
 #
-#   e2e/conformance/node-e2e.sh --runtime berth|containerd [--procs N] [--focus REGEX] [--keep]
+#   e2e/conformance/node-e2e.sh --runtime berth|containerd [--suite node|conformance] [--procs N]
+#                               [--focus REGEX] [--flake-attempts N] [--keep]
 #
 #   --procs N      ginkgo processes running specs at once (default 8: most specs wait on timers)
 #   --focus REGEX  run only the selected specs whose full name also matches REGEX (a quick re-run)
@@ -29,9 +32,8 @@ die() {
     exit 2
 }
 
-# What is selected: every spec with [NodeConformance] in its name ...
-FOCUS='\[NodeConformance\]'
-# ... less these, each `regex|reason`. The regexes match the full spec name. [Serial] specs are not
+# What is selected: every spec whose full name matches FOCUS and not NOT_SELECTED (set per suite
+# below) ... less these, each `regex|reason`. The regexes match the full spec name. [Serial] specs are not
 # left out: they run after the others, one at a time (they need the cluster to themselves).
 SKIPS=(
     '\[Disruptive\]|[Disruptive] specs restart or break node components'
@@ -49,6 +51,7 @@ if ip netns add "$probe_ns" 2>/dev/null; then
 fi
 
 runtime=""
+suite=node
 procs=8
 focus=""
 keep=false
@@ -57,6 +60,8 @@ while [ $# -gt 0 ]; do
     case $1 in
     --runtime) runtime=${2:-} && shift ;;
     --runtime=*) runtime=${1#--runtime=} ;;
+    --suite) suite=${2:-} && shift ;;
+    --suite=*) suite=${1#--suite=} ;;
     --procs) procs=${2:-} && shift ;;
     --procs=*) procs=${1#--procs=} ;;
     --focus) focus=${2:-} && shift ;;
@@ -64,11 +69,22 @@ while [ $# -gt 0 ]; do
     --keep) keep=true ;;
     --flake-attempts) attempts=${2:-} && shift ;;
     --flake-attempts=*) attempts=${1#--flake-attempts=} ;;
-    *) die "unknown argument $1 (usage: node-e2e.sh --runtime berth|containerd [--procs N] [--focus REGEX] [--keep])" ;;
+    *) die "unknown argument $1 (usage: node-e2e.sh --runtime berth|containerd [--suite node|conformance] [--procs N] [--focus REGEX] [--flake-attempts N] [--keep])" ;;
     esac
     shift
 done
 case $runtime in berth | containerd) ;; *) die "--runtime must be berth or containerd" ;; esac
+case $suite in
+node)
+    FOCUS='\[NodeConformance\]'
+    NOT_SELECTED='^$'
+    ;;
+conformance)
+    FOCUS='\[Conformance\]'
+    NOT_SELECTED='\[NodeConformance\]'
+    ;;
+*) die "--suite must be node or conformance" ;;
+esac
 [[ $procs =~ ^[1-9][0-9]*$ ]] || die "--procs needs a positive number"
 [[ $attempts =~ ^[1-9][0-9]*$ ]] || die "--flake-attempts needs a positive number"
 command -v jq >/dev/null || die "jq is missing (apt-get install jq)"
@@ -78,6 +94,7 @@ if "$CLUSTER" status 2>/dev/null | grep -q ': running'; then
 fi
 
 OUT=${BERTH_CONFORMANCE_DIR:-/var/lib/berth-conformance}/$runtime
+[ "$suite" = node ] || OUT+=-$suite
 rm -rf "$OUT"
 mkdir -p "$OUT"
 BIN=$("$ROOT/tools/build.sh" e2e.test ginkgo kubectl | tail -n1)
@@ -90,6 +107,12 @@ finish() {
 trap finish EXIT
 say "cluster up on $runtime"
 eval "$("$CLUSTER" up --runtime "$runtime" | tail -n2)"
+
+# What the cluster lacks, checked once it is up: the DNS specs ask the cluster's DNS (the kube-dns
+# Service in kube-system) about Services and pods.
+if ! kubectl -n kube-system get service kube-dns >/dev/null 2>&1; then
+    SKIPS+=('\[sig-network\] DNS |the cluster has no DNS add-on (no kube-dns Service in kube-system), which the DNS specs query')
+fi
 
 skip_re=""
 for s in "${SKIPS[@]}"; do skip_re+="${skip_re:+|}${s%%|*}"; done
@@ -110,7 +133,7 @@ start=$(date +%s)
 run_specs() {
     "$BIN/ginkgo" --procs="$2" --flake-attempts="$attempts" --timeout=3h --json-report="$1" \
         --output-dir="$OUT" --no-color --silence-skips --focus="${focus:-$FOCUS}" \
-        ${skip_re:+--skip="$skip_re"} --label-filter="$3" \
+        --skip="$skip_re|$NOT_SELECTED" --label-filter="$3" \
         "$BIN/e2e.test" -- \
         --kubeconfig="$KUBECONFIG" --provider=skeleton --num-nodes=1 --disable-log-dump \
         --report-dir="$OUT/${1%.json}" --node-os-distro=debian >>"$OUT/e2e.log" 2>&1
@@ -131,10 +154,11 @@ SPEC_NAME='def spec_name: (.ContainerHierarchyTexts // []) + [.LeafNodeText] | j
 
 # Every spec of the report with its full name, state and skip reason, the selected ones only.
 reasons=$(printf '%s\n' "${SKIPS[@]}" | jq -R 'split("|") | {re: .[0], why: (.[1:] | join("|"))}' | jq -s .)
-jq -r --arg focus "$FOCUS" --arg narrow "$focus" --argjson skips "$reasons" "$SPEC_NAME"'
+jq -r --arg focus "$FOCUS" --arg out "$NOT_SELECTED" --arg narrow "$focus" --argjson skips "$reasons" "$SPEC_NAME"'
     .[].SpecReports[]? | select(.LeafNodeType == "It")
     | spec_name as $name
-    | select($name | test($focus)) | select($narrow == "" or ($name | test($narrow)))
+    | select($name | test($focus)) | select($name | test($out) | not)
+    | select($narrow == "" or ($name | test($narrow)))
     | ([$skips[] | select(.re as $re | $name | test($re)) | .why][0]) as $left_out
     | if .State == "passed" and (.NumAttempts // 1) > 1 then "passed\t\($name)\tflaked"
       elif .State == "passed" then "passed\t\($name)"
