@@ -72,6 +72,7 @@ impl Pods {
             resources,
             image_id: c.image_id.clone(),
             user: self.container_user(&c.id),
+            stop_signal: 0,
         })
     }
 

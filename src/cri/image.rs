@@ -347,6 +347,14 @@ impl api::image_service_server::ImageService for ImageService {
     ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
         rpc(&self.metrics, "ImageFsInfo", "", async { self.fs_info() }).await
     }
+
+    type StreamImagesStream = super::runtime::ListStream<api::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        _r: Request<api::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        super::runtime::unimplemented("StreamImages")
+    }
 }
 
 #[cfg(test)]

@@ -108,16 +108,22 @@ impl RuntimeService {
             status: Some(api::RuntimeStatus { conditions: vec![runtime, network] }),
             info,
             runtime_handlers,
-            features: Some(api::RuntimeFeatures { supplemental_groups_policy: true }),
+            features: Some(api::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         }
     }
 }
 
-fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
+pub(crate) fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!("{method} is not implemented by berth yet")))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<api::ContainerEventResponse, Status>> + Send + 'static>>;
+
+/// The answer of a streaming list RPC (cri-api v0.36, feature gate CRIListStreaming).
+pub type ListStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl api::runtime_service_server::RuntimeService for RuntimeService {
@@ -427,5 +433,47 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         _r: Request<api::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<api::ListPodSandboxMetricsResponse>, Status> {
         rpc(&self.metrics, "ListPodSandboxMetrics", "", self.pods.list_pod_sandbox_metrics()).await
+    }
+
+    type StreamPodSandboxesStream = ListStream<api::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        _r: Request<api::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        unimplemented("StreamPodSandboxes")
+    }
+    type StreamContainersStream = ListStream<api::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        _r: Request<api::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        unimplemented("StreamContainers")
+    }
+    type StreamContainerStatsStream = ListStream<api::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        _r: Request<api::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        unimplemented("StreamContainerStats")
+    }
+    type StreamPodSandboxStatsStream = ListStream<api::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _r: Request<api::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        unimplemented("StreamPodSandboxStats")
+    }
+    type StreamPodSandboxMetricsStream = ListStream<api::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<api::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        unimplemented("StreamPodSandboxMetrics")
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        _r: Request<api::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<api::UpdatePodSandboxResourcesResponse>, Status> {
+        unimplemented("UpdatePodSandboxResources")
     }
 }

@@ -130,6 +130,7 @@ fn cpu_usage(cpu: &CpuStats, at: i64, rate: Option<u64>) -> api::CpuUsage {
         timestamp: at,
         usage_core_nano_seconds: u64v(cpu.usage_ns),
         usage_nano_cores: rate.and_then(u64v),
+        psi: None,
     }
 }
 
@@ -143,6 +144,7 @@ fn memory_usage(m: &MemoryStats, at: i64) -> api::MemoryUsage {
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.pgfault),
         major_page_faults: u64v(m.pgmajfault),
+        psi: None,
     }
 }
 
@@ -321,6 +323,7 @@ impl Pods {
                 inodes_used: u64v(sample.fs.inodes),
             }),
             swap: memory.and_then(|m| swap_usage(m, at)),
+            io: None,
         }
     }
 
@@ -419,6 +422,7 @@ impl Pods {
                     .and_then(|st| st.pids)
                     .map(|n| api::ProcessUsage { timestamp: at, process_count: u64v(n) }),
                 containers,
+                io: None,
             }),
             windows: None,
         })
