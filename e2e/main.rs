@@ -29,6 +29,7 @@ mod container_pid_target;
 mod container_readonly_rootfs;
 mod container_stats;
 mod container_stop_forced;
+mod container_stop_signal;
 mod container_stop_timeout;
 mod container_user_caps;
 mod disk_full_metadata;
