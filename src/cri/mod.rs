@@ -49,6 +49,7 @@ pub mod runtime;
 pub mod sandbox_run;
 pub mod sandbox_status;
 pub mod sandbox_stop;
+pub mod sandbox_update;
 pub mod spec;
 pub mod stats;
 pub mod status;

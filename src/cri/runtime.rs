@@ -472,8 +472,13 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
     }
     async fn update_pod_sandbox_resources(
         &self,
-        _r: Request<api::UpdatePodSandboxResourcesRequest>,
+        r: Request<api::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<api::UpdatePodSandboxResourcesResponse>, Status> {
-        unimplemented("UpdatePodSandboxResources")
+        let r = r.into_inner();
+        rpc(&self.metrics, "UpdatePodSandboxResources", &r.pod_sandbox_id.clone(), async {
+            self.pods.update_pod_sandbox_resources(r)?;
+            Ok(api::UpdatePodSandboxResourcesResponse {})
+        })
+        .await
     }
 }

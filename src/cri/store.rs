@@ -56,6 +56,11 @@ pub struct SandboxRecord {
     /// The image the pause container runs.
     #[serde(default)]
     pub image: String,
+    /// The pod's overhead and resources as UpdatePodSandboxResources last set them (cri-api v0.36).
+    #[serde(default)]
+    pub overhead: Option<api::LinuxContainerResources>,
+    #[serde(default)]
+    pub resources: Option<api::LinuxContainerResources>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +437,8 @@ mod tests {
             ips: vec![],
             pid: 0,
             image: String::new(),
+            overhead: None,
+            resources: None,
         }
     }
 
