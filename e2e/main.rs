@@ -40,6 +40,7 @@ mod disk_full_usage;
 mod host_private_state;
 mod kubelet_habits;
 mod kubelet_pod_life;
+mod list_streaming;
 mod metrics_endpoint;
 mod pod_chaos;
 mod pod_churn;
