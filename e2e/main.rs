@@ -26,6 +26,7 @@ mod container_log_full;
 mod container_log_paths;
 mod container_logs;
 mod container_pid_target;
+mod container_pressure;
 mod container_readonly_rootfs;
 mod container_stats;
 mod container_stop_forced;
