@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     Capability, ContainerConfig, ContainerMetadata, DnsConfig, HugepageLimit, ImageSpec, Int64Value,
     KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,

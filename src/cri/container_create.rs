@@ -27,6 +27,12 @@ impl Pods {
         if req.pod_sandbox_id.is_empty() {
             return Err(Error::invalid("CreateContainer: pod_sandbox_id must not be empty"));
         }
+        if config.stop_signal != 0 && super::container_stop::cri_signal_number(config.stop_signal).is_none() {
+            return Err(Error::invalid(format!(
+                "container config: unknown stop_signal {}",
+                config.stop_signal
+            )));
+        }
         if !config.log_path.is_empty() {
             super::files::check_relative("container config: log_path", &config.log_path)?;
         }

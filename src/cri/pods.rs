@@ -646,6 +646,8 @@ pub(crate) mod fixture {
                 ips: Vec::new(),
                 pid: 1,
                 image: String::new(),
+                overhead: None,
+                resources: None,
             })
             .unwrap();
         let container = |id: &str, state| ContainerRecord {
