@@ -22,6 +22,7 @@ mod container_events;
 mod container_exec_sync;
 mod container_exit_reasons;
 mod container_forged_sandbox_config;
+mod container_image_volume;
 mod container_log_full;
 mod container_log_paths;
 mod container_logs;

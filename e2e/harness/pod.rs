@@ -365,6 +365,19 @@ impl ContainerBuilder {
         self
     }
 
+    /// Adds an image volume (`Mount.image`, read-only as the kubelet sends it) of `image` (the
+    /// reference PullImage returned), or of `sub_path` inside it, at `container_path`.
+    pub fn image_volume(mut self, image: &str, sub_path: &str, container_path: &str) -> Self {
+        self.config.mounts.push(Mount {
+            container_path: container_path.to_string(),
+            readonly: true,
+            image: Some(ImageSpec { image: image.to_string(), ..Default::default() }),
+            image_sub_path: sub_path.to_string(),
+            ..Default::default()
+        });
+        self
+    }
+
     /// The restart count (annotation, attempt and log file name follow it).
     pub fn restart_count(mut self, n: u32) -> Self {
         self.config.annotations.insert(RESTART_COUNT.into(), n.to_string());

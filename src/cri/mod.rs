@@ -42,6 +42,7 @@ pub mod container_stop;
 pub mod container_stream;
 pub mod files;
 pub mod image;
+pub mod image_volume;
 pub mod pause;
 pub mod pods;
 pub mod recover;
