@@ -12,7 +12,7 @@
 #                                                            sending every mirrored registry to REGISTRY
 #   e2e/cluster/cluster.sh env                               print those two lines again
 #   e2e/cluster/cluster.sh down                              stop it and remove everything it made
-#   e2e/cluster/cluster.sh status                            what runs, and the node's Ready condition
+#   e2e/cluster/cluster.sh status                            what runs, the node's Ready condition, CoreDNS
 #   e2e/cluster/cluster.sh kill-runtime                      SIGKILL the runtime, start it again
 #   e2e/cluster/cluster.sh restart-kubelet                   stop the kubelet and start it again
 #   e2e/cluster/cluster.sh restart-node                      as a reboot: every node process, container
@@ -21,7 +21,9 @@
 #
 # Everything listens on 127.0.0.1 or on the node's own address, NODE_IP on a bridge without ports (pods
 # must reach the apiserver through a non-loopback address; nothing routes off the machine). Pods get
-# POD_CIDR from a bridge network of its own; Services SVC_CIDR through kube-proxy in iptables mode.
+# POD_CIDR from a bridge network of its own; Services SVC_CIDR through kube-proxy in iptables mode. The
+# cluster DNS is kubeadm's add-on (coredns.yaml: CoreDNS behind the kube-dns Service at SVC_DNS), the
+# kubelet's clusterDNS for the domain CLUSTER_DOMAIN; `up` waits until CoreDNS is Ready.
 # Files: $BERTH_CLUSTER_DIR (default /var/lib/berth-cluster: certificates, etcd, kubelet, logs) and
 # /run/berth-cluster (sockets, runtime state). The runtime's mirrors send registry.k8s.io, docker.io,
 # gcr.io, quay.io, k8s.gcr.io and public.ecr.aws to the project's local registry.
@@ -41,6 +43,8 @@ POD_CIDR=10.88.0.0/16
 POD_BRIDGE=berthk0
 SVC_CIDR=10.96.0.0/16
 SVC_APISERVER=10.96.0.1
+SVC_DNS=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
 NET_NAME=berth-cluster
 PKI=$DIR/pki
 LOGS=$DIR/logs
@@ -360,7 +364,8 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
-clusterDomain: cluster.local
+clusterDNS: [$SVC_DNS]
+clusterDomain: $CLUSTER_DOMAIN
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 imageGCHighThresholdPercent: 100
@@ -393,6 +398,19 @@ iptables: {localhostNodePorts: false, masqueradeAll: false}
 EOF
     start kube-proxy "$BIN/kube-proxy" --config="$DIR/kube-proxy.yaml"
     wait_for "kube-proxy" 60 curl -fsS http://127.0.0.1:10256/healthz
+}
+
+# The DNS add-on (coredns.yaml), with the image build.sh pushes under registry.k8s.io/coredns/coredns.
+start_dns() {
+    local image
+    image=registry.k8s.io/$("$ROOT/e2e/images/build.sh" --list | grep '^coredns/coredns:')
+    sed -e "s|@DNS_IP@|$SVC_DNS|g" -e "s|@DOMAIN@|$CLUSTER_DOMAIN|g" -e "s|@IMAGE@|$image|g" \
+        "$ROOT/e2e/cluster/coredns.yaml" | kc apply -f - >/dev/null
+    wait_for "CoreDNS to be Ready" 300 dns_ready
+}
+
+dns_ready() {
+    [ "$(kc -n kube-system get deployment coredns -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 1 ]
 }
 
 # ------------------------------------------------------------------------------------------ commands
@@ -450,6 +468,7 @@ up() {
     if [ "$runtime" != none ]; then
         start_kubelet
         start_kube_proxy
+        start_dns
     fi
     wait_for "the default service account" 120 kc -n default get serviceaccount default
     if [ "$runtime" = none ]; then
@@ -530,6 +549,7 @@ status() {
         BIN=$(cat "$RUN/bin")
         echo "runtime: $(cat "$RUN/runtime" 2>/dev/null)"
         kc get nodes 2>/dev/null || true
+        kc -n kube-system get pods -l k8s-app=kube-dns 2>/dev/null || true
     fi
 }
 

@@ -17,8 +17,9 @@
 # is made of is built once from Debian's busybox source package (see build_busybox) and kept under
 # $CACHE/busybox/<version>; agnhost and sample-apiserver are built from Kubernetes' Go modules pinned
 # in e2e/images/go with Go's own caches, as tools/build.sh builds the test tools, and etcd is taken
-# from tools/build.sh. Debian packages it lacks are installed with apt-get. It must never write into
-# the repository.
+# from tools/build.sh. CoreDNS is built from its own Go module at COREDNS_VERSION (its go.mod pins its
+# deps, which differ from Kubernetes') and kept under $CACHE/coredns/<version>. Debian packages it lacks
+# are installed with apt-get. It must never write into the repository.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -45,6 +46,7 @@ need_packages() {
     command -v bzip2 >/dev/null || missing+=(bzip2)
     [ -x /bin/bash-static ] || missing+=(bash-static)
     command -v flock >/dev/null || missing+=(util-linux)
+    [ -x /usr/bin/dig ] || missing+=(bind9-dnsutils)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]}"
         apt-get update -qq >/dev/null
@@ -63,6 +65,10 @@ image_key() {
         gcc --version | head -1
     } | sha256sum | cut -c1-12
 }
+
+# CoreDNS: the version kubeadm of the pinned Kubernetes deploys (cmd/kubeadm/app/constants CoreDNSVersion;
+# build_images checks that they agree).
+COREDNS_VERSION=v1.14.2
 
 # ------------------------------------------------------------------ what is pushed where
 # One line per push: <layout tag> <repository path:tag>. The runtime's mirrors add the registry host.
@@ -117,6 +123,7 @@ kitten e2e-test-images/kitten:1.8
 nautilus e2e-test-images/nautilus:1.8
 sample-apiserver e2e-test-images/sample-apiserver:1.29.2
 etcd etcd:3.6.8-0
+coredns coredns/coredns:$COREDNS_VERSION
 "
 
 # ------------------------------------------------------------------ static busybox
@@ -211,6 +218,25 @@ build_etcd() { # OUT
     install -m 755 "$bin/etcd" "$1"
 }
 
+# CoreDNS from its own module with its own go.mod and go.sum (`go install pkg@version`), as upstream
+# builds it (CGO_ENABLED=0, static), kept by version under $CACHE/coredns.
+build_coredns() { # prints the path of the static coredns
+    local dir=$CACHE/coredns/$COREDNS_VERSION gobin
+    if [ ! -x "$dir/coredns" ]; then
+        say "building CoreDNS $COREDNS_VERSION from github.com/coredns/coredns"
+        gobin=$(mktemp -d /tmp/berth-coredns.XXXXXX)
+        (cd "$gobin" && CGO_ENABLED=0 GOWORK=off GOBIN=$gobin GOFLAGS="-trimpath -buildvcs=false" \
+            nice -n 19 go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION") ||
+            die "building CoreDNS $COREDNS_VERSION failed"
+        file "$gobin/coredns" | grep -q 'statically linked' || die "CoreDNS did not link statically"
+        mkdir -p "$dir"
+        mv "$gobin/coredns" "$dir/.coredns.tmp"
+        mv "$dir/.coredns.tmp" "$dir/coredns"
+        rm -rf "$gobin"
+    fi
+    echo "$dir/coredns"
+}
+
 # k8s.io/kubernetes's source in Go's module cache (kitten's and nautilus's pages, porter's test cert).
 k8s_source() {
     (cd "$HERE/go" && GOWORK=off GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' k8s.io/kubernetes)
@@ -262,9 +288,44 @@ fake_registry() { # DIR LAYOUT-TAG TAG: DIR/manifests, DIR/blobs as fake-registr
     chmod 644 "$dir/manifests/$3"
 }
 
+# The dnsutils layer on the busybox base must run as in a container: no ld.so.cache, no host libraries.
+# In a network namespace of its own, CoreDNS serves one name; dig (UDP, TCP, +search through
+# resolv.conf's search list, +short) and getent (glibc's nss dns) chrooted into the two layers ask it.
+check_dns_tools() { # BUSYBOX-ROOTFS DNSUTILS-ROOTFS COREDNS
+    local c=$WORK/check-dns out
+    mkdir -p "$c"
+    cp -a "$1/." "$2/." "$c/"
+    printf 'nameserver 127.0.0.1\nsearch berth.test\noptions ndots:1\n' >"$c/etc/resolv.conf"
+    printf '127.0.0.1\tlocalhost\n' >"$c/etc/hosts"
+    printf '.:53 {\n    hosts {\n        192.0.2.7 probe.berth.test\n    }\n}\n' >"$WORK/Corefile.check"
+    # shellcheck disable=SC2016 # the script is expanded by the inner shell
+    out=$(unshare --net sh -c '
+        c=$1
+        ask() { chroot "$c" /bin/env -i PATH=/usr/bin:/bin "$@" 2>&1; }
+        ip link set lo up
+        "$2" -conf "$3" -quiet >"$4" 2>&1 &
+        for _ in $(seq 1 100); do
+            [ "$(ask dig +short +time=1 +tries=1 probe.berth.test A)" = 192.0.2.7 ] && break
+            sleep 0.1
+        done
+        echo "udp: $(ask dig +notcp +noall +answer +search probe A | tr -s " \t" " ")"
+        echo "tcp: $(ask dig +tcp +noall +answer +search probe A | tr -s " \t" " ")"
+        echo "short: $(ask dig +short probe.berth.test A)"
+        echo "getent: $(ask getent hosts probe.berth.test | tr -s " \t" " ")"
+        kill $!
+        wait
+    ' _ "$c" "$3" "$WORK/Corefile.check" "$WORK/coredns-check.log" 2>&1) || true
+    [ "$out" = "udp: probe.berth.test. 3600 IN A 192.0.2.7
+tcp: probe.berth.test. 3600 IN A 192.0.2.7
+short: 192.0.2.7
+getent: 192.0.2.7 probe.berth.test" ] ||
+        die "dig or getent do not work on the busybox base with their libraries: $out (coredns: $(cat "$WORK/coredns-check.log"))"
+    rm -rf "$c"
+}
+
 # ------------------------------------------------------------------ the images
 build_images() { # LAYOUT
-    local bb k8s R P D G N T H A K name user spec t n
+    local bb k8s R P D G N T H A K U name user spec t n coredns
     bb=$(build_busybox)
     mkdir -p "$WORK/layers" "$WORK/bin"
     umoci init --layout "$LAYOUT"
@@ -299,10 +360,47 @@ build_images() { # LAYOUT
     # ipc-utils: upstream is alpine + util-linux for ipcs; busybox has ipcs
     newimg ipc-utils busybox
     cfg ipc-utils --config.cmd sh --config.label berth.test.image=ipc-utils
-    # glibc-dns-testing: upstream is Debian with dnsutils (and coredns); the specs this project runs
-    # ask it for `hostname` and `hostname -f` (the hostname-override specs), which busybox answers
-    # from the pod's /etc/hosts as glibc does (nss files). No dig: the DNS specs need a cluster DNS.
-    newimg glibc-dns-testing busybox
+    # dnsutils: Debian's own `dig` (bind9-dnsutils) and `getent` (libc-bin) with exactly their shared
+    # libraries (ldd) and glibc's loader, from this machine (Debian 12, the base of upstream's
+    # glibc-dns-testing). Kubernetes' DNS probes run `dig +notcp|+tcp +noall +answer +search NAME`,
+    # `dig +short NAME TYPE` and `getent hosts NAME` in agnhost and glibc-dns-testing: one layer, one
+    # digest, in both. Busybox stays the shell and the rest (hostname, seq, sleep, test, echo).
+    U=$(stage rootfs-dnsutils)
+    mkdir -p "$U/usr/bin"
+    install -m 755 /usr/bin/dig /usr/bin/getent "$U/usr/bin/"
+    for t in $(ldd /usr/bin/dig /usr/bin/getent | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && NF > 1 { print $1 }' | sort -u); do
+        mkdir -p "$U$(dirname "$t")"
+        cp -L --preserve=mode "$t" "$U$t"
+    done
+    mklayer "$U" dnsutils
+    # CoreDNS as /coredns, its own layer: the coredns image, and agnhost and glibc-dns-testing, which
+    # upstream ship it too (the "configurable pod resolv.conf" spec runs `/coredns -conf ...` in agnhost).
+    grep -q "CoreDNSVersion = \"$COREDNS_VERSION\"" "$(k8s_source)/cmd/kubeadm/app/constants/constants.go" ||
+        die "COREDNS_VERSION $COREDNS_VERSION is not the CoreDNS of the pinned Kubernetes' kubeadm"
+    coredns=$(build_coredns)
+    D=$(stage rootfs-coredns)
+    install -m 755 "$coredns" "$D/coredns"
+    mklayer "$D" coredns
+    check_dns_tools "$R" "$U" "$coredns"
+
+    # coredns: upstream is gcr.io/distroless/static-debian12:nonroot + /coredns, `USER nonroot:nonroot`,
+    # `WORKDIR /`, `EXPOSE 53 53/udp`, `ENTRYPOINT ["/coredns"]`. The distroless part here: its users
+    # and groups (nonroot is 65532), nsswitch.conf, /tmp and /home/nonroot; no shell, as upstream.
+    D=$(stage rootfs-distroless)
+    mkdir -p "$D/etc" "$D/tmp" "$D/root" "$D/home/nonroot"
+    chmod 1777 "$D/tmp"
+    chmod 700 "$D/root" "$D/home/nonroot"
+    chown 65532:65532 "$D/home/nonroot"
+    install -m 644 "$HERE"/rootfs/distroless/etc/{passwd,group,nsswitch.conf} "$D/etc/"
+    mklayer "$D" distroless
+    newimg coredns distroless coredns
+    cfg coredns --config.entrypoint /coredns --config.user nonroot:nonroot --config.workingdir / \
+        --config.exposedports 53/tcp --config.exposedports 53/udp
+
+    # glibc-dns-testing: upstream is Debian with dnsutils and /coredns; here the busybox base (its
+    # `hostname -f` answers from the pod's /etc/hosts as glibc's nss files does: the hostname-override
+    # specs) with the dnsutils and coredns layers.
+    newimg glibc-dns-testing busybox dnsutils coredns
     cfg glibc-dns-testing --config.cmd sh --config.label berth.test.image=glibc-dns-testing
     # nonroot: USER 1234 on a base image
     newimg nonroot busybox
@@ -404,7 +502,8 @@ EOF
 
     # agnhost: Kubernetes' own agnhost on busybox, with what its specs exec (sh, nc, wget, ip, ipcs
     # from busybox; curl as src/curl.sh over busybox wget; bash, which upstream installs from alpine,
-    # as Debian's static bash: the sidecar probe specs run `/bin/bash -c`), /agnhost-2, /uploads, and
+    # as Debian's static bash: the sidecar probe specs run `/bin/bash -c`; dig and getent from the
+    # dnsutils layer, /coredns from the coredns layer, as upstream), /agnhost-2, /uploads, and
     # the user 1000 in group 50000 that the supplemental-groups specs expect (Dockerfile of
     # test/images/agnhost).
     check_go_pins
@@ -439,17 +538,18 @@ EOF
             --config.exposedports 8080/tcp --config.exposedports 8081/tcp --config.exposedports 9376/tcp \
             --config.exposedports 5000/tcp "$@"
     }
-    newimg agnhost busybox agnhost
+    local agnhost_layers=(busybox dnsutils coredns agnhost)
+    newimg agnhost "${agnhost_layers[@]}"
     agnhost_cfg agnhost
     # the previous agnhost: the same program under another image ID, as rollout specs need two images
-    newimg agnhost-prev busybox agnhost
+    newimg agnhost-prev "${agnhost_layers[@]}"
     agnhost_cfg agnhost-prev --config.label berth.test.image=agnhost-prev
     # kitten and nautilus: agnhost test-webserver serving one picture and data.json
     for n in kitten nautilus; do
         K=$(stage "rootfs-$n")
         install -m 644 "$k8s/test/images/$n/html/$n.jpg" "$k8s/test/images/$n/html/data.json" "$K/"
         mklayer "$K" "$n"
-        newimg "$n" busybox agnhost "$n"
+        newimg "$n" "${agnhost_layers[@]}" "$n"
         cfg "$n" --config.entrypoint /agnhost --config.cmd test-webserver --config.exposedports 80/tcp
     done
 
