@@ -3,6 +3,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
+    build_cri_api();
     tonic_prost_build::configure()
         .compile_protos(&["proto/berth/v1/berth.proto"], &["proto"])
         .expect("compiling proto/berth/v1/berth.proto (is protoc installed?)");
@@ -13,6 +14,44 @@ fn main() {
         .compile_protos(&["proto/berth/shim/v1/shim.proto"], &["proto"])
         .expect("compiling proto/berth/shim/v1/shim.proto");
     build_static_pause();
+}
+
+/// Compiles the CRI API (proto/cri-api, the upstream file unchanged) with its client and server.
+///
+/// The one preprocessing step: upstream marks four `AuthConfig` fields `[debug_redact = true]`, an
+/// option Debian's protoc 3.21 rejects as unknown and prost ignores anyway. The copy compiled from
+/// OUT_DIR has those options removed, and `AuthConfig` gets no derived `Debug`: src/cri/mod.rs writes one
+/// that redacts the same four fields. A new upstream version that redacts other fields stops the build
+/// here, so that the hand-written `Debug` is revisited.
+fn build_cri_api() {
+    const SRC: &str = "proto/cri-api/runtime/v1/api.proto";
+    const REDACT: &str = " [debug_redact = true]";
+    let text = std::fs::read_to_string(SRC).expect("reading the CRI api.proto");
+    let redacted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(REDACT))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        redacted,
+        ["password", "auth", "identity_token", "registry_token"],
+        "{SRC}: the debug_redact fields changed; update AuthConfig's Debug in src/cri/mod.rs"
+    );
+    let stripped = text.replace(REDACT, "");
+    assert!(!stripped.contains("debug_redact"), "{SRC}: a debug_redact option build.rs does not strip");
+    let dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("cri-api");
+    std::fs::create_dir_all(&dir).expect("creating OUT_DIR/cri-api");
+    std::fs::write(dir.join("api.proto"), stripped).expect("writing OUT_DIR/cri-api/api.proto");
+    // Records persist the kubelet's configs as JSON (src/cri/store.rs), in the format the k8s-cri
+    // crate's serde derives gave them: `default` lets records written before a field existed load.
+    // Env values became `bytes` in v0.36; they keep their string form (src/cri/store.rs `env_value`).
+    tonic_prost_build::configure()
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(".", "#[serde(default)]")
+        .field_attribute(".runtime.v1.KeyValue.value", "#[serde(with = \"crate::cri::store::env_value\")]")
+        .skip_debug([".runtime.v1.AuthConfig"])
+        .compile_protos(&[dir.join("api.proto")], &[dir])
+        .expect("compiling the CRI api.proto");
 }
 
 /// Compiles src/bin/berth-pause.rs on its own as a static executable (no crates, only std), for

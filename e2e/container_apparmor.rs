@@ -4,7 +4,7 @@
 //! FAILED_PRECONDITION, as containerd refuses it. On a host with AppArmor the same requests run under
 //! berth-default (checked from inside) and the unknown Localhost profile is refused as not loaded.
 
-use k8s_cri::v1::{ContainerState, SecurityProfile, security_profile::ProfileType};
+use berth::cri::api::{ContainerState, SecurityProfile, security_profile::ProfileType};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;

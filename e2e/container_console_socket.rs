@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::ContainerState;
+use berth::cri::api::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     ContainerEventResponse, ContainerEventType, ContainerState, GetEventsRequest, PodSandboxState,
     VersionRequest,
 };

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use berth::cri::api::runtime_service_client::RuntimeServiceClient;
 use berth::cri::container_exec::EXEC_SYNC_MAX_OUTPUT as CAP;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;
@@ -72,7 +72,7 @@ async fn output_exit_code_timeout_and_cap() {
     // berth as grpc-timeout. Sent by a client that does not enforce it itself (tonic's Channel would),
     // the answer is berth's, and must be DEADLINE_EXCEEDED as gRPC and the kubelet have it.
     let mut raw = raw_runtime_client(berthd.socket()).await;
-    let mut req = tonic::Request::new(k8s_cri::v1::ExecSyncRequest {
+    let mut req = tonic::Request::new(berth::cri::api::ExecSyncRequest {
         container_id: id.clone(),
         cmd: vec!["sleep".into(), "86441".into()],
         timeout: 0,

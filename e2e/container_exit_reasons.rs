@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1::ContainerStatus;
+use berth::cri::api::ContainerStatus;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};

@@ -3,7 +3,7 @@
 //! (to smuggle a privileged container in) is refused with INVALID_ARGUMENT and creates nothing; a
 //! request whose other fields differ (here the hostname) is served from the stored config.
 
-use k8s_cri::v1::{ContainerState, CreateContainerRequest};
+use berth::cri::api::{ContainerState, CreateContainerRequest};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::ContainerState;
+use berth::cri::api::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::metrics::scrape;

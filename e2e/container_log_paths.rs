@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, ReopenContainerLogRequest};
+use berth::cri::api::{ContainerState, ReopenContainerLogRequest};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;

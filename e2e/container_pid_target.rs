@@ -3,13 +3,13 @@
 //! another pod is INVALID_ARGUMENT, naming one that is not running FAILED_PRECONDITION; naming a
 //! running container of the same pod works and shows that container's processes.
 
-use k8s_cri::v1::{NamespaceMode, NamespaceOption};
+use berth::cri::api::{NamespaceMode, NamespaceOption};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};
 
-fn target(config: &mut k8s_cri::v1::ContainerConfig, id: &str) {
+fn target(config: &mut berth::cri::api::ContainerConfig, id: &str) {
     let sc = config.linux.as_mut().unwrap().security_context.as_mut().unwrap();
     let nso = sc.namespace_options.get_or_insert_with(NamespaceOption::default);
     nso.pid = NamespaceMode::Target as i32;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     ContainerStats, ContainerStatsFilter, ContainerStatsRequest, ListContainerStatsRequest,
     ListPodSandboxStatsRequest, NetworkInterfaceUsage, PodSandboxStats, PodSandboxStatsFilter,
     PodSandboxStatsRequest,

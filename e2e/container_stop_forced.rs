@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1::ContainerState;
+use berth::cri::api::ContainerState;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Cri, Leaks, Registry, images};

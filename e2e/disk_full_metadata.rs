@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerConfig, ContainerState, PodSandboxState};
+use berth::cri::api::{ContainerConfig, ContainerState, PodSandboxState};
 use tonic::Code;
 
 use crate::harness::disk::{On, SmallFs, berthd_on};

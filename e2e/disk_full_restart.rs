@@ -4,7 +4,7 @@
 //! again), the pod and its container are there and running, exec works, and the pod can be stopped and
 //! removed on the full disk, leaving nothing behind.
 
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use berth::cri::api::{ContainerState, PodSandboxState};
 
 use crate::harness::berthd::berthctl_json;
 use crate::harness::disk::{On, SmallFs, berthd_on};

@@ -5,7 +5,7 @@
 //! the second pod runs, and on the full state dir again both pods are stopped and removed without a
 //! leak.
 
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use berth::cri::api::{ContainerState, PodSandboxState};
 use tonic::Code;
 
 use crate::harness::disk::{On, SmallFs, berthd_on};

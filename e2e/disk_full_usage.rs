@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::ContainerStatsRequest;
+use berth::cri::api::ContainerStatsRequest;
 
 use crate::harness::disk::{On, SmallFs, berthd_on};
 use crate::harness::leaks::assert_back_to;

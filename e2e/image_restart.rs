@@ -3,7 +3,7 @@
 //! at start and pinned, included).
 
 use berth::config::BUILTIN_PAUSE_IMAGE;
-use k8s_cri::v1::Image;
+use berth::cri::api::Image;
 
 use crate::harness::{Berthd, Cri, Registry, images};
 

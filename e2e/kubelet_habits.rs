@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     ContainerStatusRequest, ListPodSandboxRequest, PodSandboxFilter, PodSandboxStatusRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
     StopPodSandboxRequest,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     ContainerFilter, ContainerState, ContainerStateValue, ListContainersRequest, ListPodSandboxRequest,
     NamespaceMode, PodSandboxFilter, PodSandboxState,
 };
@@ -116,7 +116,7 @@ async fn a_pod_from_sync_to_garbage_collection() {
     for _ in 0..2 {
         cri.stop(&app1, 2).await.expect("StopContainer");
         cri.runtime
-            .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() })
+            .stop_pod_sandbox(berth::cri::api::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() })
             .await
             .expect("StopPodSandbox");
     }

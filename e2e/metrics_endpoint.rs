@@ -4,7 +4,7 @@
 //! duration and errors, CNI setup and teardown latency, build info, and the running pods, containers
 //! and shims gauges, which follow the pods up and back down to zero.
 
-use k8s_cri::v1::{ContainerStatusRequest, VersionRequest};
+use berth::cri::api::{ContainerStatusRequest, VersionRequest};
 use tonic::Code;
 
 use crate::harness::leaks::assert_back_to;

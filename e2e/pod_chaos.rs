@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use berth::cri::api::{ContainerState, PodSandboxState};
 
 use crate::harness::berthd::berthctl_json;
 use crate::harness::leaks::{assert_back_to, processes};

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, RunPodSandboxRequest};
+use berth::cri::api::{ContainerState, RunPodSandboxRequest};
 use tonic::Code;
 
 use crate::harness::leaks::{assert_back_to, processes};
@@ -184,7 +184,7 @@ async fn sigkill_during_run_pod_sandbox_then_restart_leaves_nothing() {
     for p in cri2.pods().await.expect("ListPodSandbox") {
         assert_ne!(
             p.state,
-            k8s_cri::v1::PodSandboxState::SandboxReady as i32,
+            berth::cri::api::PodSandboxState::SandboxReady as i32,
             "a half-made pod is READY: {p:?}"
         );
         cri2.stop_remove_pod(&p.id).await.expect("removing the half-made pod");

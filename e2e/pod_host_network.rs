@@ -3,7 +3,7 @@
 //! and a PodSandboxStatus with no IP and network mode NODE (the kubelet recreates a sandbox whose
 //! mode differs from what it asked for).
 
-use k8s_cri::v1::NamespaceMode;
+use berth::cri::api::NamespaceMode;
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, NamespaceMode, PodSandboxState};
+use berth::cri::api::{ContainerState, NamespaceMode, PodSandboxState};
 
 use crate::harness::leaks::assert_back_to;
 use crate::harness::{Berthd, Leaks, Registry, images};

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use berth::cri::api::{ContainerState, PodSandboxState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

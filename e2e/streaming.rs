@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use berth::cri::api::VersionRequest;
 use berth::streaming::spdy::frame::goaway;
 use berth::streaming::spdy::{Frame, FrameDecoder, FrameEncoder, Headers};
 use bytes::BytesMut;
-use k8s_cri::v1::VersionRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -124,7 +124,7 @@ impl Setup {
 
     async fn assert_running(&mut self, id: &str, why: &str) {
         let s = self.cri.container_status(id).await.expect("ContainerStatus");
-        assert_eq!(s.state, k8s_cri::v1::ContainerState::ContainerRunning as i32, "after {why}: {s:?}");
+        assert_eq!(s.state, berth::cri::api::ContainerState::ContainerRunning as i32, "after {why}: {s:?}");
     }
 
     async fn finish(mut self) {

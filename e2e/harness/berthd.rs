@@ -329,7 +329,9 @@ fn remove_all_pods(socket: &Path) -> Result<usize, String> {
             .map_err(|e| format!("building a runtime: {e}"))?;
         rt.block_on(async {
             tokio::time::timeout(REMOVE_PODS_TIMEOUT, async {
-                use k8s_cri::v1::{ListPodSandboxRequest, RemovePodSandboxRequest, StopPodSandboxRequest};
+                use berth::cri::api::{
+                    ListPodSandboxRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+                };
                 let mut cri = Cri::connect(&socket).await.map_err(|e| format!("connecting: {e}"))?;
                 let pods = cri
                     .runtime
@@ -522,7 +524,8 @@ mod tests {
         let written = std::fs::read_to_string(b.dir().join("config.toml")).unwrap();
         assert_eq!(Config::parse(&written).unwrap(), b.config);
         let mut cri = b.cri().await;
-        let version = cri.runtime.version(k8s_cri::v1::VersionRequest::default()).await.unwrap().into_inner();
+        let version =
+            cri.runtime.version(berth::cri::api::VersionRequest::default()).await.unwrap().into_inner();
         assert_eq!(version.runtime_api_version, "v1");
         drop(cri);
         let status = b.stop();
@@ -544,7 +547,7 @@ mod tests {
         assert_ne!(b.pid(), Some(first));
         assert!(b.root().join("survivor").exists());
         let mut cri = b.cri().await;
-        cri.runtime.version(k8s_cri::v1::VersionRequest::default()).await.unwrap();
+        cri.runtime.version(berth::cri::api::VersionRequest::default()).await.unwrap();
         assert!(b.log().contains("=== berth-e2e: start #2"));
     }
 

@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
+use berth::cri::api::image_service_client::ImageServiceClient;
+use berth::cri::api::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     AttachRequest, AuthConfig, Container, ContainerConfig, ContainerState, ContainerStatus,
     ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, Image,
     ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ListContainersRequest,

@@ -316,6 +316,10 @@ impl Hostile {
 /// * `large` — `e2e/large:1`: busybox plus 4 gzip layers totalling [`TestImages::large_mib`] MiB of
 ///   pseudo-random data (`/data<n>/small/<i>`: 500 small text files per layer; `/data<n>/big-<j>.bin`:
 ///   incompressible files of up to 32 MiB).
+/// * `volume` — `e2e/volume:1`, for image volumes: two gzip data layers without busybox, holding
+///   `/data.json` ([`VOLUME_DATA_JSON`]), `/etc/os-release` ([`VOLUME_OS_RELEASE`]), `/data/file.txt`
+///   ([`VOLUME_FILE`]), the symlink `/data/etc -> ../etc` (stays inside) and the directory symlinks
+///   `/escape-absolute -> /etc` and `/escape-relative -> ../../..` (lead out of the image).
 /// * `hostile` — one image per [`Hostile`] kind.
 /// * [`TestImages::docker_archive`] and [`TestImages::oci_archive`]: `e2e/busybox:1` as files.
 #[derive(Debug, Serialize, Deserialize)]
@@ -329,6 +333,7 @@ pub struct TestImages {
     pub user: TestImage,
     pub username: TestImage,
     pub large: TestImage,
+    pub volume: TestImage,
     /// In [`Hostile::ALL`] order.
     pub hostile: Vec<TestImage>,
     /// Size of the large image's data layers in MiB.
@@ -351,6 +356,7 @@ impl TestImages {
             &self.user,
             &self.username,
             &self.large,
+            &self.volume,
         ];
         all.extend(&self.hostile);
         all
@@ -727,6 +733,32 @@ fn layers_image(lw: &mut LayoutWriter, busybox: &[u8]) -> io::Result<TestImage> 
     lw.image("e2e/layers", &["1"], busybox_runtime(), &[l1, l2, l3])
 }
 
+/// `/data.json` of `e2e/volume:1`.
+pub const VOLUME_DATA_JSON: &str = "{\"image\": \"e2e/volume\", \"file\": \"kitten.jpg\"}\n";
+/// `/etc/os-release` of `e2e/volume:1`.
+pub const VOLUME_OS_RELEASE: &str = "NAME=\"berth e2e image volume\"\nID=berth-e2e\n";
+/// `/data/file.txt` of `e2e/volume:1`.
+pub const VOLUME_FILE: &str = "in the data directory\n";
+
+/// `e2e/volume:1` (see [`TestImages`]): data to read through an image volume, split over two layers
+/// so that the volume is an overlay of them, and symlinks that try to lead a sub path out.
+fn volume_image(lw: &mut LayoutWriter) -> io::Result<TestImage> {
+    let l1 = lw.blobs.layer(Compression::Gzip, |w| {
+        w.dir("etc", 0o755)?;
+        w.file("etc/os-release", 0o644, VOLUME_OS_RELEASE.as_bytes())?;
+        w.dir("data", 0o755)?;
+        w.file("data/file.txt", 0o644, VOLUME_FILE.as_bytes())
+    })?;
+    let l2 = lw.blobs.layer(Compression::Gzip, |w| {
+        w.file("data.json", 0o644, VOLUME_DATA_JSON.as_bytes())?;
+        w.dir("data", 0o755)?;
+        w.symlink("data/etc", "../etc")?;
+        w.symlink("escape-absolute", "/etc")?;
+        w.symlink("escape-relative", "../../..")
+    })?;
+    lw.image("e2e/volume", &["1"], RuntimeConfig::default(), &[l1, l2])
+}
+
 /// Compares a rootfs of `e2e/layers:1` with [`LAYERS_TREE`] and [`LAYERS_ABSENT`]; returns every
 /// difference (empty when it matches).
 pub fn check_layers_tree(rootfs: &Path) -> Vec<String> {
@@ -925,6 +957,7 @@ fn build(layout: &Path, busybox: &[u8], large_mib: u64) -> io::Result<TestImages
     )?;
 
     let large = large_image(&mut lw, &base, large_mib)?;
+    let volume = volume_image(&mut lw)?;
 
     let mut hostile = Vec::new();
     for h in Hostile::ALL {
@@ -941,6 +974,7 @@ fn build(layout: &Path, busybox: &[u8], large_mib: u64) -> io::Result<TestImages
         user,
         username,
         large,
+        volume,
         hostile,
         large_mib,
     })

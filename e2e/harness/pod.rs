@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_cri::v1::{
+use berth::cri::api::{
     Capability, ContainerConfig, ContainerMetadata, DnsConfig, HugepageLimit, ImageSpec, Int64Value,
     KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
@@ -360,6 +360,19 @@ impl ContainerBuilder {
             host_path: host_path.display().to_string(),
             container_path: container_path.to_string(),
             readonly,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Adds an image volume (`Mount.image`, read-only as the kubelet sends it) of `image` (the
+    /// reference PullImage returned), or of `sub_path` inside it, at `container_path`.
+    pub fn image_volume(mut self, image: &str, sub_path: &str, container_path: &str) -> Self {
+        self.config.mounts.push(Mount {
+            container_path: container_path.to_string(),
+            readonly: true,
+            image: Some(ImageSpec { image: image.to_string(), ..Default::default() }),
+            image_sub_path: sub_path.to_string(),
             ..Default::default()
         });
         self

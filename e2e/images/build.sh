@@ -523,6 +523,10 @@ EOF
     echo 'user-defined-in-image:x:1000:' >>"$A/etc/group"
     echo 'group-defined-in-image:x:50000:user-defined-in-image' >>"$A/etc/group"
     chown 1000:1000 "$A/home/user-defined-in-image"
+    # /etc/os-release: upstream's is alpine:3.21's (agnhost's BASEIMAGE), and the ImageVolume
+    # [Conformance] spec reads it through kitten for "Alpine Linux"; this one says what it imitates.
+    printf '%s\n' 'NAME="berth look-alike"' 'ID=berth-lookalike' \
+        'PRETTY_NAME="berth look-alike of an Alpine Linux based image (busybox)"' >"$A/etc/os-release"
     # fake-registry-server's content: pause:testing (upstream copies registry.k8s.io/pause:3.10.2 there
     # at build time; here the sandbox pause image), in its layout of manifests and blobs by digest.
     fake_registry "$A/var/registry/pause" sandbox testing

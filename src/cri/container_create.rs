@@ -27,6 +27,12 @@ impl Pods {
         if req.pod_sandbox_id.is_empty() {
             return Err(Error::invalid("CreateContainer: pod_sandbox_id must not be empty"));
         }
+        if config.stop_signal != 0 && super::container_stop::cri_signal_number(config.stop_signal).is_none() {
+            return Err(Error::invalid(format!(
+                "container config: unknown stop_signal {}",
+                config.stop_signal
+            )));
+        }
         if !config.log_path.is_empty() {
             super::files::check_relative("container config: log_path", &config.log_path)?;
         }
@@ -86,8 +92,15 @@ impl Pods {
             log_path,
             stop_signal: found.info.config.config.stop_signal.clone(),
         })?;
+        // The image volumes this container uses: rolled back with it if nothing else uses them.
+        let mut volumes = Vec::new();
         let r = async {
             let rootfs = self.prepare_rootfs(id, &found.info).await?;
+            let (mounts, used) = self.mount_image_volumes(id, sandbox_id, &config.mounts).await?;
+            volumes = used;
+            // The spec sees image volumes as the read-only bind mounts they have become; the record
+            // keeps what the kubelet sent (ContainerStatus reports it).
+            let config = api::ContainerConfig { mounts, ..config.clone() };
             let dir = self.paths.sandbox_dir(sandbox_id);
             let ctx = SandboxContext {
                 id: sandbox_id.to_string(),
@@ -135,6 +148,7 @@ impl Pods {
         .await;
         if let Err(e) = r {
             super::pods::cleanup("rolling back CreateContainer", id, self.remove_container_locked(id)).await;
+            self.release_unused_image_volumes(sandbox_id, id, &volumes).await;
             return Err(e);
         }
         Ok(())

@@ -72,6 +72,7 @@ impl Pods {
             resources,
             image_id: c.image_id.clone(),
             user: self.container_user(&c.id),
+            stop_signal: super::container_stop::cri_signal(super::container_stop::stop_signal_of(c)) as i32,
         })
     }
 

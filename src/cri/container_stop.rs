@@ -1,5 +1,5 @@
-//! StopContainer and RemoveContainer, idempotent: an unknown id is success. Stop sends the image's
-//! STOPSIGNAL (else SIGTERM), waits up to the timeout, then SIGKILLs every process of the container;
+//! StopContainer and RemoveContainer, idempotent: an unknown id is success. Stop sends the config's
+//! stop_signal (else the image's STOPSIGNAL, else SIGTERM), waits up to the timeout, then SIGKILLs every process of the container;
 //! the wait does not hold the container's lock, so a later Stop with a shorter timeout, a Remove or
 //! StopPodSandbox kills at once.
 //! Remove kills a running container first, then deletes it from the shim, unmounts and removes its
@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::api;
 use super::pods::{Pods, blocking};
 use super::store::{ContainerRecord, ContainerState, container_name};
 use crate::error::{Error, ErrorKind, Result};
@@ -16,7 +17,12 @@ use crate::task::ShimApi;
 /// How long a SIGKILLed container may take to be reaped before Stop fails.
 const KILL_WAIT: Duration = Duration::from_secs(60);
 
-/// A signal by name ("SIGTERM", "TERM", "15"), as images give STOPSIGNAL.
+/// The real-time signal range as container processes see it: glibc keeps 32 and 33 for itself. Docker
+/// and containerd (moby/sys/signal) number `RTMIN+n` and `RTMAX-n` from these too.
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
+/// A signal by name ("SIGTERM", "TERM", "RTMIN+3") or number ("15"), as images give STOPSIGNAL.
 pub fn parse_signal(s: &str) -> Option<i32> {
     if s.is_empty() {
         return None;
@@ -25,8 +31,47 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         return Some(n);
     }
     let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let offset = |rest: &str| if rest.is_empty() { Some(0) } else { rest.parse::<i32>().ok() };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        let n = SIGRTMIN + offset(rest.strip_prefix('+').unwrap_or(rest))?;
+        return (SIGRTMIN..=SIGRTMAX).contains(&n).then_some(n);
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        let n = SIGRTMAX - offset(rest.strip_prefix('-').unwrap_or(rest))?;
+        return (SIGRTMIN..=SIGRTMAX).contains(&n).then_some(n);
+    }
+    let name = match name {
+        "CLD" => "CHLD",
+        "POLL" => "IO",
+        "IOT" => "ABRT",
+        other => other,
+    };
+    format!("SIG{name}").parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+}
+
+/// The number of a CRI stop signal (cri-api v0.36); `None` for RUNTIME_DEFAULT or a value CRI does
+/// not define. CRI names them as signal names with `PLUS`/`MINUS` for `+`/`-` (`SIGRTMINPLUS3`).
+pub fn cri_signal_number(signal: i32) -> Option<i32> {
+    let signal = api::Signal::try_from(signal).ok().filter(|s| *s != api::Signal::RuntimeDefault)?;
+    parse_signal(&signal.as_str_name().replacen("PLUS", "+", 1).replacen("MINUS", "-", 1))
+}
+
+/// The CRI name of a signal number (the first CRI gives it, so SIGCHLD rather than SIGCLD);
+/// RUNTIME_DEFAULT when CRI has none.
+pub fn cri_signal(number: i32) -> api::Signal {
+    (1..)
+        .map_while(|v| api::Signal::try_from(v).ok())
+        .find(|s| cri_signal_number(*s as i32) == Some(number))
+        .unwrap_or(api::Signal::RuntimeDefault)
+}
+
+/// The signal StopContainer sends first, in containerd's order: the container config's stop_signal,
+/// else the image's STOPSIGNAL, else SIGTERM.
+pub fn stop_signal_of(rec: &ContainerRecord) -> i32 {
+    cri_signal_number(rec.config.stop_signal)
+        .or_else(|| parse_signal(&rec.stop_signal))
+        .unwrap_or(libc::SIGTERM)
 }
 
 impl Pods {
@@ -53,15 +98,14 @@ impl Pods {
         self.kill_container_locked(&id).await
     }
 
-    /// Sends a running container its stop signal (the image's STOPSIGNAL, else SIGTERM) under its
+    /// Sends a running container its stop signal ([`stop_signal_of`]) under its
     /// lock; returns its shim and sandbox, or `None` when it is not running.
     async fn send_stop_signal(self: &Arc<Self>, id: &str) -> Result<Option<(Arc<dyn ShimApi>, String)>> {
         let lock = self.store.lock(id);
         let _guard = lock.lock().await;
         let Some(rec) = self.store.container(id) else { return Ok(None) };
         let Some(shim) = self.running_shim(&rec).await? else { return Ok(None) };
-        let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
-        shim.kill(id, signal, false).await?;
+        shim.kill(id, stop_signal_of(&rec), false).await?;
         Ok(Some((shim, rec.sandbox_id)))
     }
 
@@ -187,6 +231,50 @@ mod tests {
         assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
         assert_eq!(parse_signal("quit"), Some(libc::SIGQUIT));
         assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("SIGRTMIN+3"), None);
+        assert_eq!(parse_signal("SIGRTMIN+3"), Some(37));
+        assert_eq!(parse_signal("RTMAX-1"), Some(63));
+        assert_eq!(parse_signal("SIGRTMAX"), Some(64));
+        assert_eq!(parse_signal("SIGRTMIN+31"), None);
+        assert_eq!(parse_signal("SIGPOLL"), Some(libc::SIGIO));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn every_cri_signal_has_a_number_and_names_come_back() {
+        assert_eq!(cri_signal_number(api::Signal::RuntimeDefault as i32), None);
+        assert_eq!(cri_signal_number(66), None);
+        let mut numbers = std::collections::BTreeSet::new();
+        for v in 1..=65 {
+            let n = cri_signal_number(v).unwrap_or_else(|| panic!("CRI signal {v} has no number"));
+            numbers.insert(n);
+            assert_eq!(cri_signal_number(cri_signal(n) as i32), Some(n));
+        }
+        // 1..=31 and 34..=64: only the three aliases (SIGCLD, SIGPOLL, SIGIOT) share a number.
+        assert_eq!(numbers.len(), 62, "{numbers:?}");
+        assert_eq!(cri_signal_number(api::Signal::Sigrtminplus3 as i32), Some(37));
+        assert_eq!(cri_signal_number(api::Signal::Sigrtmaxminus14 as i32), Some(50));
+        assert_eq!(cri_signal(libc::SIGCHLD), api::Signal::Sigchld);
+        assert_eq!(cri_signal(libc::SIGUSR1), api::Signal::Sigusr1);
+        assert_eq!(cri_signal(32), api::Signal::RuntimeDefault);
+    }
+
+    /// cri-api v0.36: the config's stop_signal wins over the image's STOPSIGNAL, and the status says
+    /// which signal a stop sends.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_config_stop_signal_wins_over_the_image() {
+        let t = crate::cri::pods::fixture::test_pods(false, None).await;
+        let status = |t: &crate::cri::pods::fixture::TestPods| {
+            let req = api::ContainerStatusRequest { container_id: "c1".into(), verbose: false };
+            t.pods.container_status(req).unwrap().status.unwrap().stop_signal
+        };
+        assert_eq!(status(&t), api::Signal::Sigterm as i32, "neither sets one");
+        t.pods.store.update_container("c1", |r| r.stop_signal = "SIGQUIT".into()).unwrap();
+        assert_eq!(status(&t), api::Signal::Sigquit as i32, "the image's");
+        t.pods.store.update_container("c1", |r| r.config.stop_signal = api::Signal::Sigusr1 as i32).unwrap();
+        assert_eq!(status(&t), api::Signal::Sigusr1 as i32, "the config's");
+        t.pods.stop_container("c1", 30).await.unwrap();
+        let calls = t.shim.calls();
+        assert!(calls.iter().any(|c| c == &format!("kill c1 {}", libc::SIGUSR1)), "{calls:?}");
+        assert!(!calls.iter().any(|c| c == &format!("kill c1 {}", libc::SIGQUIT)), "{calls:?}");
     }
 }

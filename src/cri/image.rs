@@ -181,6 +181,14 @@ impl ImageService {
         Ok(None)
     }
 
+    /// The images ListImages and StreamImages answer: the one `filter` names, else all.
+    fn list(&self, filter: Option<&str>) -> Result<Vec<api::Image>> {
+        Ok(match filter {
+            Some(spec) => self.find(spec)?.map(|(img, _)| vec![self.to_cri(&img)]).unwrap_or_default(),
+            None => self.all()?.values().map(|img| self.to_cri(img)).collect(),
+        })
+    }
+
     fn to_cri(&self, img: &CriImage) -> api::Image {
         let mut repo_tags = Vec::new();
         let mut repo_digests = Vec::new();
@@ -286,11 +294,7 @@ impl api::image_service_server::ImageService for ImageService {
     ) -> Result<Response<api::ListImagesResponse>, Status> {
         let filter = r.into_inner().filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
         rpc(&self.metrics, "ListImages", filter.as_deref().unwrap_or(""), async {
-            let images = match &filter {
-                Some(spec) => self.find(spec)?.map(|(img, _)| vec![self.to_cri(&img)]).unwrap_or_default(),
-                None => self.all()?.values().map(|img| self.to_cri(img)).collect(),
-            };
-            Ok(api::ListImagesResponse { images })
+            Ok(api::ListImagesResponse { images: self.list(filter.as_deref())? })
         })
         .await
     }
@@ -346,6 +350,19 @@ impl api::image_service_server::ImageService for ImageService {
         _r: Request<api::ImageFsInfoRequest>,
     ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
         rpc(&self.metrics, "ImageFsInfo", "", async { self.fs_info() }).await
+    }
+
+    type StreamImagesStream = super::runtime::ListStream<api::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        r: Request<api::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = r.into_inner().filter.and_then(|f| f.image).map(|i| i.image).filter(|s| !s.is_empty());
+        rpc(&self.metrics, "StreamImages", filter.as_deref().unwrap_or(""), async {
+            let images = self.list(filter.as_deref())?;
+            Ok(super::runtime::batches(images, |images| api::StreamImagesResponse { images }))
+        })
+        .await
     }
 }
 

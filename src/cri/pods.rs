@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! <state>/pods/<sandbox id>/        the pod's shim (socket, pid, its container status files)
-//! <state>/sandboxes/<sandbox id>/   hostname, hosts, resolv.conf, shm/ (the pod's /dev/shm)
+//! <state>/sandboxes/<sandbox id>/   hostname, hosts, resolv.conf, shm/ (the pod's /dev/shm),
+//!                                   image-volumes/<image id>/ (read-only image mounts, image_volume.rs)
 //! <state>/bundles/<container id>/   config.json and rootfs/ (the mounted snapshot); the pause too
 //! <state>/netns/<sandbox id>        the pod's network namespace (bind mount)
 //! <root>/cni/                       the CNI result cache (survives reboots, for DEL)
@@ -646,6 +647,8 @@ pub(crate) mod fixture {
                 ips: Vec::new(),
                 pid: 1,
                 image: String::new(),
+                overhead: None,
+                resources: None,
             })
             .unwrap();
         let container = |id: &str, state| ContainerRecord {

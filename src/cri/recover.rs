@@ -3,7 +3,7 @@
 //! containers whose creation a crash cut short are rolled back; every pod's shim is
 //! reconnected and its exits (including those that happened while berthd was down) are recorded; a
 //! pod whose shim is gone has its containers recorded as exited. Finally anything on disk that no
-//! record owns (network namespaces, bundles, rootfs snapshots, shims, pod directories) is removed,
+//! record owns (network namespaces, bundles, rootfs snapshots, image volumes, shims, pod directories) is removed,
 //! so a crash at any point leaks nothing.
 
 use std::collections::HashSet;
@@ -91,6 +91,10 @@ impl Pods {
             if !sandboxes.contains(&id) {
                 let dir = self.paths.sandbox_dir(&id);
                 let _ = super::files::unmount(&dir.join("shm"));
+                // Before the directory goes: never descend into a mounted image.
+                if !cleanup("removing orphaned image volumes", &id, self.release_image_volumes(&id)).await {
+                    continue;
+                }
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }

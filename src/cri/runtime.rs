@@ -108,7 +108,10 @@ impl RuntimeService {
             status: Some(api::RuntimeStatus { conditions: vec![runtime, network] }),
             info,
             runtime_handlers,
-            features: Some(api::RuntimeFeatures { supplemental_groups_policy: true }),
+            features: Some(api::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         }
     }
 }
@@ -118,6 +121,26 @@ fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<api::ContainerEventResponse, Status>> + Send + 'static>>;
+
+/// The answer of a streaming list RPC (cri-api v0.36, feature gate CRIListStreaming).
+pub type ListStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Items per message of a streaming list: containerd's `DefaultStreamBatchSize`.
+const STREAM_BATCH: usize = 5000;
+
+/// A streaming list's answer: the whole list, taken at once as its List RPC takes it, in messages of
+/// at most [`STREAM_BATCH`] items, each item once; an empty list is a stream that ends at once.
+pub fn batches<T: Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R + Send + 'static,
+) -> ListStream<R> {
+    let mut items = items.into_iter().peekable();
+    let messages = std::iter::from_fn(move || {
+        items.peek()?;
+        Some(Ok(wrap(items.by_ref().take(STREAM_BATCH).collect())))
+    });
+    Box::pin(tokio_stream::iter(messages.collect::<Vec<_>>()))
+}
 
 #[tonic::async_trait]
 impl api::runtime_service_server::RuntimeService for RuntimeService {
@@ -427,5 +450,100 @@ impl api::runtime_service_server::RuntimeService for RuntimeService {
         _r: Request<api::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<api::ListPodSandboxMetricsResponse>, Status> {
         rpc(&self.metrics, "ListPodSandboxMetrics", "", self.pods.list_pod_sandbox_metrics()).await
+    }
+
+    type StreamPodSandboxesStream = ListStream<api::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<api::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "StreamPodSandboxes", "", async {
+            let items = self.pods.list_pod_sandbox(filter)?;
+            Ok(batches(items, |pod_sandboxes| api::StreamPodSandboxesResponse { pod_sandboxes }))
+        })
+        .await
+    }
+    type StreamContainersStream = ListStream<api::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<api::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "StreamContainers", "", async {
+            let items = self.pods.list_containers(filter)?;
+            Ok(batches(items, |containers| api::StreamContainersResponse { containers }))
+        })
+        .await
+    }
+    type StreamContainerStatsStream = ListStream<api::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<api::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "StreamContainerStats", "", async {
+            let items = self.pods.list_container_stats(filter).await?.stats;
+            Ok(batches(items, |container_stats| api::StreamContainerStatsResponse { container_stats }))
+        })
+        .await
+    }
+    type StreamPodSandboxStatsStream = ListStream<api::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<api::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = r.into_inner().filter;
+        rpc(&self.metrics, "StreamPodSandboxStats", "", async {
+            let items = self.pods.list_pod_sandbox_stats(filter).await?.stats;
+            Ok(batches(items, |pod_sandbox_stats| api::StreamPodSandboxStatsResponse { pod_sandbox_stats }))
+        })
+        .await
+    }
+    type StreamPodSandboxMetricsStream = ListStream<api::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<api::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        rpc(&self.metrics, "StreamPodSandboxMetrics", "", async {
+            let items = self.pods.list_pod_sandbox_metrics().await?.pod_metrics;
+            Ok(batches(items, |pod_sandbox_metrics| api::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }))
+        })
+        .await
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<api::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<api::UpdatePodSandboxResourcesResponse>, Status> {
+        let r = r.into_inner();
+        rpc(&self.metrics, "UpdatePodSandboxResources", &r.pod_sandbox_id.clone(), async {
+            self.pods.update_pod_sandbox_resources(r)?;
+            Ok(api::UpdatePodSandboxResourcesResponse {})
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    async fn sizes(n: usize) -> Vec<usize> {
+        let items: Vec<usize> = (0..n).collect();
+        let stream = batches(items, |b| b);
+        let messages: Vec<Vec<usize>> = stream.map(|m| m.unwrap()).collect().await;
+        assert_eq!(messages.concat(), (0..n).collect::<Vec<_>>(), "every item once, in order");
+        messages.iter().map(Vec::len).collect()
+    }
+
+    #[tokio::test]
+    async fn streamed_lists_come_in_batches_of_at_least_one_item() {
+        assert_eq!(sizes(0).await, Vec::<usize>::new());
+        assert_eq!(sizes(3).await, [3]);
+        assert_eq!(sizes(STREAM_BATCH).await, [STREAM_BATCH]);
+        assert_eq!(sizes(2 * STREAM_BATCH + 1).await, [STREAM_BATCH, STREAM_BATCH, 1]);
     }
 }

@@ -134,6 +134,8 @@ impl Pods {
             ips: Vec::new(),
             pid: 0,
             image: self.config.cri.sandbox_image.clone(),
+            overhead: None,
+            resources: None,
         })?;
         match self.build_sandbox(id, &config, handler_name, handler, &image).await {
             Ok(()) => {

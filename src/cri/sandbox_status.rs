@@ -72,6 +72,13 @@ impl Pods {
                 "config": r.config,
                 "ips": r.ips,
             });
+            // What UpdatePodSandboxResources set, where containerd shows it (`setUpdatedResources`).
+            let mut v = v;
+            for (key, res) in [("overhead", &r.overhead), ("resources", &r.resources)] {
+                if let Some(res) = res {
+                    v[key] = serde_json::json!({ "linux": res });
+                }
+            }
             info.insert("info".to_string(), v.to_string());
         }
         let containers_statuses =

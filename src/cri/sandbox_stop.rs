@@ -1,7 +1,7 @@
 //! StopPodSandbox and RemovePodSandbox, both idempotent: an unknown or already removed id is success.
 //! Stop kills every container and the pause, always runs CNI DEL while the network is attached (a
 //! failure is returned, and retried by the next Stop or Remove, never forgotten), unmounts the pod's
-//! /dev/shm and removes the network namespace. Remove stops first, then removes the containers, the
+//! /dev/shm and image volumes and removes the network namespace. Remove stops first, then removes the containers, the
 //! pause, its rootfs, the shim and the pod's directories. The pod's log directory belongs to the
 //! kubelet and stays.
 
@@ -29,6 +29,8 @@ impl Pods {
         }
         self.stop_pause(id).await?;
         self.release_network(id, false).await?;
+        // No container of the pod can run again: its image volumes go (as containerd does at Stop).
+        self.release_image_volumes(id).await?;
         if self.store.sandbox(id).is_some() {
             // Decided under the store's lock: the pause's exit event may be recording this stop too.
             let mut was_ready = false;
@@ -143,6 +145,7 @@ impl Pods {
             }
         }
         self.remove_rootfs(id).await?;
+        self.release_image_volumes(id).await?;
         // A shim killed before it could clean up leaves its socket, which may live outside its dir.
         let socket = crate::shim::socket_path(&self.paths.shim_dir(id), crate::shim::SOCKET_NAME);
         let _ = std::fs::remove_file(socket);

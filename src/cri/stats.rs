@@ -20,7 +20,7 @@ use super::sandbox_status::matches_selector;
 use super::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use crate::engine::metadata::now_nanos;
 use crate::error::{Error, Result};
-use crate::stats::cgroup::{cgroup_path, parent};
+use crate::stats::cgroup::{Pressure, Psi, PsiLine, cgroup_path, parent};
 use crate::stats::{CgroupStats, CpuStats, InterfaceStats, MemoryStats};
 
 /// The label keys every metric starts with, as the kubelet's cAdvisor metrics name them.
@@ -124,17 +124,35 @@ struct ContainerSample {
     at: i64,
 }
 
+/// CRI PSI from a `*.pressure` file: totals in nanoseconds (the kernel counts microseconds), as
+/// containerd's `convertCg2PSIToCRI`.
+fn psi(p: &Option<Psi>) -> Option<api::PsiStats> {
+    let data = |l: &PsiLine| api::PsiData {
+        total: l.total_us.saturating_mul(1000),
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.as_ref().map(|p| api::PsiStats { full: p.full.as_ref().map(data), some: p.some.as_ref().map(data) })
+}
+
+/// CRI IO usage: only its PSI, and only where the kernel has it (what containerd reports too).
+fn io_usage(p: &Pressure, at: i64) -> Option<api::IoUsage> {
+    psi(&p.io).map(|psi| api::IoUsage { timestamp: at, psi: Some(psi) })
+}
+
 /// CRI CPU usage from counters and the rate since the previous sample.
-fn cpu_usage(cpu: &CpuStats, at: i64, rate: Option<u64>) -> api::CpuUsage {
+fn cpu_usage(cpu: &CpuStats, p: &Pressure, at: i64, rate: Option<u64>) -> api::CpuUsage {
     api::CpuUsage {
         timestamp: at,
         usage_core_nano_seconds: u64v(cpu.usage_ns),
         usage_nano_cores: rate.and_then(u64v),
+        psi: psi(&p.cpu),
     }
 }
 
 /// CRI memory usage; available bytes only under a limit (containerd reports 0 without one).
-fn memory_usage(m: &MemoryStats, at: i64) -> api::MemoryUsage {
+fn memory_usage(m: &MemoryStats, p: &Pressure, at: i64) -> api::MemoryUsage {
     api::MemoryUsage {
         timestamp: at,
         working_set_bytes: u64v(m.working_set),
@@ -143,6 +161,7 @@ fn memory_usage(m: &MemoryStats, at: i64) -> api::MemoryUsage {
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.pgfault),
         major_page_faults: u64v(m.pgmajfault),
+        psi: psi(&p.memory),
     }
 }
 
@@ -308,10 +327,12 @@ impl Pods {
         let at = sample.at;
         let cpu = sample.stats.as_ref().and_then(|s| s.cpu.as_ref());
         let memory = sample.stats.as_ref().and_then(|s| s.memory.as_ref());
+        let none = Pressure::default();
+        let pressure = sample.stats.as_ref().map_or(&none, |s| &s.pressure);
         api::ContainerStats {
             attributes: Some(container_attributes(c)),
-            cpu: cpu.map(|cpu| cpu_usage(cpu, at, self.stats.cpu_rate(&c.id, cpu.usage_ns, at))),
-            memory: memory.map(|m| memory_usage(m, at)),
+            cpu: cpu.map(|cpu| cpu_usage(cpu, pressure, at, self.stats.cpu_rate(&c.id, cpu.usage_ns, at))),
+            memory: memory.map(|m| memory_usage(m, pressure, at)),
             writable_layer: Some(api::FilesystemUsage {
                 timestamp: at,
                 fs_id: Some(api::FilesystemIdentifier {
@@ -321,6 +342,7 @@ impl Pods {
                 inodes_used: u64v(sample.fs.inodes),
             }),
             swap: memory.and_then(|m| swap_usage(m, at)),
+            io: io_usage(pressure, at),
         }
     }
 
@@ -404,6 +426,8 @@ impl Pods {
         let at = now_nanos();
         let cpu = stats.as_ref().and_then(|st| st.cpu.as_ref());
         let memory = stats.as_ref().and_then(|st| st.memory.as_ref());
+        let none = Pressure::default();
+        let pressure = stats.as_ref().map_or(&none, |st| &st.pressure);
         let containers = self.container_stats_matching(&api::ContainerStatsFilter {
             pod_sandbox_id: s.id.clone(),
             ..Default::default()
@@ -411,14 +435,16 @@ impl Pods {
         Some(api::PodSandboxStats {
             attributes: Some(sandbox_attributes(s)),
             linux: Some(api::LinuxPodSandboxStats {
-                cpu: cpu.map(|cpu| cpu_usage(cpu, at, self.stats.cpu_rate(&s.id, cpu.usage_ns, at))),
-                memory: memory.map(|m| memory_usage(m, at)),
+                cpu: cpu
+                    .map(|cpu| cpu_usage(cpu, pressure, at, self.stats.cpu_rate(&s.id, cpu.usage_ns, at))),
+                memory: memory.map(|m| memory_usage(m, pressure, at)),
                 network: s.netns.as_ref().and_then(|_| network_usage(&ifaces, at)),
                 process: stats
                     .as_ref()
                     .and_then(|st| st.pids)
                     .map(|n| api::ProcessUsage { timestamp: at, process_count: u64v(n) }),
                 containers,
+                io: io_usage(pressure, at),
             }),
             windows: None,
         })
@@ -556,14 +582,14 @@ mod tests {
 
     #[test]
     fn memory_and_swap_conversions() {
-        let m = memory_usage(&memory(), 5);
+        let m = memory_usage(&memory(), &Pressure::default(), 5);
         assert_eq!(m.timestamp, 5);
         assert_eq!(m.working_set_bytes.unwrap().value, 800);
         assert_eq!(m.available_bytes.unwrap().value, 1200);
         assert_eq!(m.usage_bytes.unwrap().value, 1000);
         assert_eq!(m.rss_bytes.unwrap().value, 500);
         assert_eq!((m.page_faults.unwrap().value, m.major_page_faults.unwrap().value), (7, 1));
-        let unlimited = memory_usage(&MemoryStats { limit: None, ..memory() }, 5);
+        let unlimited = memory_usage(&MemoryStats { limit: None, ..memory() }, &Pressure::default(), 5);
         assert_eq!(unlimited.available_bytes.unwrap().value, 0);
 
         let s = swap_usage(&memory(), 5).unwrap();
@@ -572,12 +598,30 @@ mod tests {
     }
 
     #[test]
+    fn psi_totals_become_nanoseconds_and_absent_files_stay_absent() {
+        let line = |total_us| PsiLine { avg10: 2.5, avg60: 1.0, avg300: 0.5, total_us };
+        let p = Pressure {
+            cpu: Some(Psi { some: Some(line(3)), full: None }),
+            memory: None,
+            io: Some(Psi { some: Some(line(1)), full: Some(line(2)) }),
+        };
+        let cpu = cpu_usage(&CpuStats::default(), &p, 9, None).psi.unwrap();
+        let some = cpu.some.unwrap();
+        assert_eq!((some.total, some.avg10, some.avg60, some.avg300), (3000, 2.5, 1.0, 0.5));
+        assert!(cpu.full.is_none());
+        assert!(memory_usage(&memory(), &p, 9).psi.is_none());
+        let io = io_usage(&p, 9).unwrap();
+        assert_eq!((io.timestamp, io.psi.unwrap().full.unwrap().total), (9, 2000));
+        assert!(io_usage(&Pressure::default(), 9).is_none(), "no io.pressure: no io usage at all");
+    }
+
+    #[test]
     fn cpu_rate_is_absent_until_known() {
         let cpu = CpuStats { usage_ns: 42, ..Default::default() };
-        let first = cpu_usage(&cpu, 9, None);
+        let first = cpu_usage(&cpu, &Pressure::default(), 9, None);
         assert_eq!(first.usage_core_nano_seconds.unwrap().value, 42);
         assert!(first.usage_nano_cores.is_none());
-        assert_eq!(cpu_usage(&cpu, 9, Some(3)).usage_nano_cores.unwrap().value, 3);
+        assert_eq!(cpu_usage(&cpu, &Pressure::default(), 9, Some(3)).usage_nano_cores.unwrap().value, 3);
     }
 
     #[test]
@@ -611,6 +655,7 @@ mod tests {
             memory: Some(MemoryStats { max_usage: Some(1), failcnt: Some(2), ..memory() }),
             pids: Some(3),
             pids_limit: None,
+            pressure: Pressure::default(),
         });
         sink.network(&[InterfaceStats { name: "eth0".into(), ..Default::default() }]);
         sink.gauge("container_fs_usage_bytes", &["/var/lib/berth"], 1);

@@ -56,6 +56,11 @@ pub struct SandboxRecord {
     /// The image the pause container runs.
     #[serde(default)]
     pub image: String,
+    /// The pod's overhead and resources as UpdatePodSandboxResources last set them (cri-api v0.36).
+    #[serde(default)]
+    pub overhead: Option<api::LinuxContainerResources>,
+    #[serde(default)]
+    pub resources: Option<api::LinuxContainerResources>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,9 +358,58 @@ pub fn new_id() -> String {
     hex::encode(b)
 }
 
+/// The stored form of a `KeyValue.value` (an env value): `bytes` since cri-api v0.36, a string before.
+/// It stays a JSON string when it is UTF-8 (always, from a kubelet), so records written by either
+/// version load; other bytes are stored as an array of numbers.
+pub mod env_value {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(v) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_bytes(v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u8>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(t) => t.into_bytes(),
+            Stored::Bytes(b) => b,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configs_stored_before_cri_api_v036_load() {
+        // A container config as berth stored it with cri-api v0.32 types: string env values, and no
+        // stop_signal / image_sub_path fields.
+        let old = r#"{"metadata":{"name":"c","attempt":1},"image":{"image":"sha256:ab","annotations":{},
+            "user_specified_image":"busybox","runtime_handler":""},"command":[],"args":[],"working_dir":"",
+            "envs":[{"key":"A","value":"x=1"}],"mounts":[{"container_path":"/d","host_path":"/h",
+            "readonly":true,"selinux_relabel":false,"propagation":0,"uid_mappings":[],"gid_mappings":[],
+            "recursive_read_only":false,"image":null}],"devices":[],"labels":{},"annotations":{},
+            "log_path":"c/1.log","stdin":false,"stdin_once":false,"tty":false,"linux":null,"windows":null,
+            "cdi_devices":[]}"#;
+        let c: api::ContainerConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c.envs[0].value, b"x=1");
+        assert_eq!(c.mounts[0].host_path, "/h");
+        assert_eq!(c.stop_signal, 0);
+        let again = serde_json::to_value(&c).unwrap();
+        assert_eq!(again["envs"][0]["value"], "x=1");
+        let odd = api::KeyValue { key: "B".into(), value: vec![0xff, b'a'] };
+        let back: api::KeyValue = serde_json::from_str(&serde_json::to_string(&odd).unwrap()).unwrap();
+        assert_eq!(back.value, odd.value);
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
@@ -383,6 +437,8 @@ mod tests {
             ips: vec![],
             pid: 0,
             image: String::new(),
+            overhead: None,
+            resources: None,
         }
     }
 

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 /// page multiple of i64::MAX, so no exact sentinel exists (cAdvisor uses the same cut-off).
 const UNLIMITED: u64 = 1 << 62;
 
+/// The key of a hybrid host's cgroup2 mount in [`Layout::V1`].
+const UNIFIED: &str = "unified";
+
 /// Where the cgroup hierarchies are mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    /// cgroup v1: the mount point of each controller ("cpu", "cpuacct", "memory", "pids" …).
+    /// cgroup v1: the mount point of each controller ("cpu", "cpuacct", "memory", "pids" …), and of
+    /// the unified hierarchy beside them on a hybrid host ("unified").
     V1(HashMap<String, PathBuf>),
     /// The unified hierarchy, mounted at this path.
     V2(PathBuf),
@@ -50,6 +54,11 @@ impl Layout {
             }
         }
         if v1.contains_key("memory") || v1.contains_key("cpuacct") {
+            // A hybrid host's unified hierarchy holds no controllers, but the kernel keeps pressure
+            // (PSI) files there for every cgroup runc also creates in it.
+            if let Some(unified) = v2 {
+                v1.insert(UNIFIED.to_string(), unified);
+            }
             Some(Layout::V1(v1))
         } else {
             v2.map(Layout::V2)
@@ -80,10 +89,21 @@ impl Layout {
         if !self.exists(path) {
             return None;
         }
-        Some(match self {
+        let mut stats = match self {
             Layout::V1(_) => self.read_v1(path),
             Layout::V2(_) => self.read_v2(path),
-        })
+        };
+        stats.pressure = self.read_pressure(path);
+        Some(stats)
+    }
+
+    /// The cgroup's pressure stall information (cgroup v2 `cpu.pressure`, `memory.pressure`,
+    /// `io.pressure`), from the unified hierarchy (beside v1 on a hybrid host). Files the kernel does
+    /// not have (no CONFIG_PSI, `psi=0`, no such cgroup in the unified hierarchy) stay None.
+    fn read_pressure(&self, path: &str) -> Pressure {
+        let Some(dir) = self.dir(UNIFIED, path) else { return Pressure::default() };
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok().and_then(|t| parse_pressure(&t));
+        Pressure { cpu: read("cpu.pressure"), memory: read("memory.pressure"), io: read("io.pressure") }
     }
 
     fn read_v1(&self, path: &str) -> CgroupStats {
@@ -129,6 +149,7 @@ impl Layout {
             memory,
             pids: num("pids", "pids.current"),
             pids_limit: file("pids", "pids.max").and_then(|f| read_u64(&f)),
+            pressure: Pressure::default(),
         }
     }
 
@@ -165,12 +186,18 @@ impl Layout {
                 swap_limit: num("memory.swap.max").filter(|l| *l < UNLIMITED),
             }
         });
-        CgroupStats { cpu, memory, pids: num("pids.current"), pids_limit: num("pids.max") }
+        CgroupStats {
+            cpu,
+            memory,
+            pids: num("pids.current"),
+            pids_limit: num("pids.max"),
+            pressure: Pressure::default(),
+        }
     }
 }
 
 /// The counters of one cgroup (or the sum of several, see [`CgroupStats::sum`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     pub cpu: Option<CpuStats>,
     pub memory: Option<MemoryStats>,
@@ -178,6 +205,54 @@ pub struct CgroupStats {
     pub pids: Option<u64>,
     /// pids.max (None when "max" or unknown).
     pub pids_limit: Option<u64>,
+    /// Pressure stall information (none for a sum: averages of different cgroups do not add up).
+    pub pressure: Pressure,
+}
+
+/// A cgroup's pressure stall information per resource (kernel Documentation/accounting/psi.rst).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pressure {
+    pub cpu: Option<Psi>,
+    pub memory: Option<Psi>,
+    pub io: Option<Psi>,
+}
+
+/// One `*.pressure` file: the `some` and `full` lines (`full` is absent for cpu on older kernels).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Psi {
+    pub some: Option<PsiLine>,
+    pub full: Option<PsiLine>,
+}
+
+/// Share of time stalled (percent) over 10, 60 and 300 s, and total stall time in microseconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PsiLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+/// Parses a `*.pressure` file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a `full` line.
+fn parse_pressure(text: &str) -> Option<Psi> {
+    let mut psi = Psi::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let slot = match words.next() {
+            Some("some") => &mut psi.some,
+            Some("full") => &mut psi.full,
+            _ => continue,
+        };
+        let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+        let avg = |k: &str| fields.get(k).and_then(|v| v.parse::<f64>().ok());
+        *slot = Some(PsiLine {
+            avg10: avg("avg10")?,
+            avg60: avg("avg60")?,
+            avg300: avg("avg300")?,
+            total_us: fields.get("total")?.parse().ok()?,
+        });
+    }
+    (psi.some.is_some() || psi.full.is_some()).then_some(psi)
 }
 
 /// CPU time consumed, in nanoseconds, and CFS throttling.
@@ -366,6 +441,7 @@ pub(crate) mod tests {
         assert_eq!(m["cpuacct"], Path::new("/sys/fs/cgroup/cpuacct"));
         assert_eq!(m["memory"], Path::new("/sys/fs/cgroup/memory"));
         assert!(!m.contains_key("name=systemd"));
+        assert_eq!(m[UNIFIED], Path::new("/sys/fs/cgroup/unified"), "where a hybrid host keeps PSI");
 
         let joined = "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
                       35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
@@ -431,7 +507,40 @@ pub(crate) mod tests {
         assert_eq!(m.available(), None);
         assert_eq!(m.swap, Some(100));
         assert_eq!((s.pids, s.pids_limit), (Some(4), None));
+        assert_eq!(s.pressure, Pressure::default(), "no unified hierarchy: no PSI");
         assert_eq!(layout.read("/pod/gone"), None);
+    }
+
+    #[test]
+    fn pressure_comes_from_the_unified_hierarchy_where_the_kernel_has_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        write_tree(
+            r,
+            &[
+                ("memory/pod/c/memory.usage_in_bytes", "1000\n"),
+                (
+                    "unified/pod/c/cpu.pressure",
+                    "some avg10=1.50 avg60=0.25 avg300=0.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+                ),
+                ("unified/pod/c/io.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=9\n"),
+                ("unified/pod/c/memory.pressure", "garbage\n"),
+            ],
+        );
+        let layout = Layout::V1(
+            [("memory", r.join("memory")), (UNIFIED, r.join("unified"))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        let p = layout.read("/pod/c").unwrap().pressure;
+        let cpu = p.cpu.unwrap();
+        assert_eq!(cpu.some, Some(PsiLine { avg10: 1.5, avg60: 0.25, avg300: 0.0, total_us: 123 }));
+        assert_eq!(cpu.full.unwrap().total_us, 7);
+        let io = p.io.unwrap();
+        assert_eq!((io.some.unwrap().total_us, io.full), (9, None));
+        assert_eq!(p.memory, None, "an unreadable file is no PSI");
+        assert_eq!(parse_pressure("some avg10=x avg60=0 avg300=0 total=1\n"), None);
     }
 
     #[test]
@@ -479,6 +588,7 @@ pub(crate) mod tests {
             memory: Some(MemoryStats { usage: 100, working_set: 80, limit: Some(500), ..Default::default() }),
             pids: Some(1),
             pids_limit: Some(10),
+            pressure: Pressure::default(),
         };
         let b =
             CgroupStats { cpu: Some(CpuStats { usage_ns: 5, ..Default::default() }), ..Default::default() };

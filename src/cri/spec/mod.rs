@@ -790,7 +790,9 @@ pub fn container_spec(
         env_vars.push("TERM=xterm".into());
     }
     env_vars = merge_env(env_vars, [format!("HOSTNAME={}", ctx.hostname)]);
-    let cri_env = config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value));
+    // Env values are bytes since cri-api v0.36. containerd takes string(value) and its JSON encoder
+    // writes invalid UTF-8 as U+FFFD, the same config.json from_utf8_lossy gives.
+    let cri_env = config.envs.iter().map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
     env_vars = merge_env(env_vars, image.config.env.clone().unwrap_or_default().into_iter().chain(cri_env));
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()

@@ -201,8 +201,9 @@ fn bind_mount(
     propagation: &mut Option<String>,
 ) -> Result<Mount> {
     if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(Error::unimplemented(format!(
-            "{field}: image volume mounts are not supported (container_path {:?})",
+        // CreateContainer mounts image volumes first (cri/image_volume.rs) and passes binds here.
+        return Err(Error::internal(format!(
+            "{field}: image volume at {:?} was not mounted before building the spec",
             m.container_path
         )));
     }
@@ -507,7 +508,7 @@ mod tests {
         };
         assert_eq!(
             container_mounts(&[img], vec![], &opts(&h)).unwrap_err().kind(),
-            crate::ErrorKind::Unimplemented
+            crate::ErrorKind::Internal
         );
         let e = container_mounts(&[cri_mount("/m", "")], vec![], &opts(&h)).unwrap_err();
         assert!(e.to_string().starts_with("mounts[0]"), "{e}");

@@ -463,7 +463,7 @@ impl Applier {
 
 /// Opens `rel` beneath `root` (the root itself when empty), refusing any escape by `..` or by a
 /// symlink, and magic links. Retries the EAGAIN that a concurrent rename can cause.
-fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlags) -> rustix::io::Result<OwnedFd> {
+pub(crate) fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlags) -> rustix::io::Result<OwnedFd> {
     let path: &[u8] = if rel.is_empty() { b"." } else { rel };
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     let mut tries = 0;
