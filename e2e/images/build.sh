@@ -47,6 +47,7 @@ need_packages() {
     [ -x /bin/bash-static ] || missing+=(bash-static)
     command -v flock >/dev/null || missing+=(util-linux)
     [ -x /usr/bin/dig ] || missing+=(bind9-dnsutils)
+    [ -x /bin/nc.openbsd ] || missing+=(netcat-openbsd)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]}"
         apt-get update -qq >/dev/null
@@ -288,13 +289,14 @@ fake_registry() { # DIR LAYOUT-TAG TAG: DIR/manifests, DIR/blobs as fake-registr
     chmod 644 "$dir/manifests/$3"
 }
 
-# The dnsutils layer on the busybox base must run as in a container: no ld.so.cache, no host libraries.
-# In a network namespace of its own, CoreDNS serves one name; dig (UDP, TCP, +search through
-# resolv.conf's search list, +short) and getent (glibc's nss dns) chrooted into the two layers ask it.
-check_dns_tools() { # BUSYBOX-ROOTFS DNSUTILS-ROOTFS COREDNS
+# The dnsutils and netcat layers on the busybox base must run as in a container: no ld.so.cache, no
+# host libraries. In a network namespace of its own, CoreDNS serves one name; dig (UDP, TCP, +search
+# through resolv.conf's search list, +short) and getent (glibc's nss dns) chrooted into the layers ask
+# it, and nc (as the Services specs run it) connects to its TCP port.
+check_dns_tools() { # BUSYBOX-ROOTFS DNSUTILS-ROOTFS NETCAT-ROOTFS COREDNS
     local c=$WORK/check-dns out
     mkdir -p "$c"
-    cp -a "$1/." "$2/." "$c/"
+    cp -a "$1/." "$2/." "$3/." "$c/"
     printf 'nameserver 127.0.0.1\nsearch berth.test\noptions ndots:1\n' >"$c/etc/resolv.conf"
     printf '127.0.0.1\tlocalhost\n' >"$c/etc/hosts"
     printf '.:53 {\n    hosts {\n        192.0.2.7 probe.berth.test\n    }\n}\n' >"$WORK/Corefile.check"
@@ -312,15 +314,34 @@ check_dns_tools() { # BUSYBOX-ROOTFS DNSUTILS-ROOTFS COREDNS
         echo "tcp: $(ask dig +tcp +noall +answer +search probe A | tr -s " \t" " ")"
         echo "short: $(ask dig +short probe.berth.test A)"
         echo "getent: $(ask getent hosts probe.berth.test | tr -s " \t" " ")"
+        echo "nc: $(echo x | ask nc -v -t -w 2 127.0.0.1 53 >/dev/null 2>&1 && echo connected)"
         kill $!
         wait
-    ' _ "$c" "$3" "$WORK/Corefile.check" "$WORK/coredns-check.log" 2>&1) || true
+    ' _ "$c" "$4" "$WORK/Corefile.check" "$WORK/coredns-check.log" 2>&1) || true
     [ "$out" = "udp: probe.berth.test. 3600 IN A 192.0.2.7
 tcp: probe.berth.test. 3600 IN A 192.0.2.7
 short: 192.0.2.7
-getent: 192.0.2.7 probe.berth.test" ] ||
-        die "dig or getent do not work on the busybox base with their libraries: $out (coredns: $(cat "$WORK/coredns-check.log"))"
+getent: 192.0.2.7 probe.berth.test
+nc: connected" ] ||
+        die "dig, getent or nc do not work on the busybox base with their libraries: $out (coredns: $(cat "$WORK/coredns-check.log"))"
     rm -rf "$c"
+}
+
+# A layer of Debian programs from this machine with exactly their shared libraries (ldd) and glibc's
+# loader, at the paths ldd names; prints the layer's rootfs. Each SPEC is SOURCE:PATH-IN-THE-IMAGE.
+debian_layer() { # NAME SPEC...
+    local name=$1 dir spec t
+    shift
+    dir=$(stage "rootfs-$name")
+    for spec; do
+        install -D -m 755 "${spec%%:*}" "$dir${spec#*:}"
+        ldd "${spec%%:*}" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && NF > 1 { print $1 }'
+    done | sort -u | while read -r t; do
+        mkdir -p "$dir$(dirname "$t")"
+        cp -L --preserve=mode "$t" "$dir$t"
+    done
+    mklayer "$dir" "$name"
+    echo "$dir"
 }
 
 # ------------------------------------------------------------------ the images
@@ -365,14 +386,11 @@ build_images() { # LAYOUT
     # glibc-dns-testing). Kubernetes' DNS probes run `dig +notcp|+tcp +noall +answer +search NAME`,
     # `dig +short NAME TYPE` and `getent hosts NAME` in agnhost and glibc-dns-testing: one layer, one
     # digest, in both. Busybox stays the shell and the rest (hostname, seq, sleep, test, echo).
-    U=$(stage rootfs-dnsutils)
-    mkdir -p "$U/usr/bin"
-    install -m 755 /usr/bin/dig /usr/bin/getent "$U/usr/bin/"
-    for t in $(ldd /usr/bin/dig /usr/bin/getent | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && NF > 1 { print $1 }' | sort -u); do
-        mkdir -p "$U$(dirname "$t")"
-        cp -L --preserve=mode "$t" "$U$t"
-    done
-    mklayer "$U" dnsutils
+    U=$(debian_layer dnsutils /usr/bin/dig:/usr/bin/dig /usr/bin/getent:/usr/bin/getent)
+    # netcat: Debian's netcat-openbsd as /usr/bin/nc (before busybox's /bin/nc in PATH), as upstream
+    # agnhost installs alpine's netcat-openbsd: the Services [Conformance] specs run `nc -v -t -w 2`
+    # and `nc -v -u -w 2` in agnhost pods, and busybox's nc has no -t.
+    N=$(debian_layer netcat /bin/nc.openbsd:/usr/bin/nc)
     # CoreDNS as /coredns, its own layer: the coredns image, and agnhost and glibc-dns-testing, which
     # upstream ship it too (the "configurable pod resolv.conf" spec runs `/coredns -conf ...` in agnhost).
     grep -q "CoreDNSVersion = \"$COREDNS_VERSION\"" "$(k8s_source)/cmd/kubeadm/app/constants/constants.go" ||
@@ -381,7 +399,7 @@ build_images() { # LAYOUT
     D=$(stage rootfs-coredns)
     install -m 755 "$coredns" "$D/coredns"
     mklayer "$D" coredns
-    check_dns_tools "$R" "$U" "$coredns"
+    check_dns_tools "$R" "$U" "$N" "$coredns"
 
     # coredns: upstream is gcr.io/distroless/static-debian12:nonroot + /coredns, `USER nonroot:nonroot`,
     # `WORKDIR /`, `EXPOSE 53 53/udp`, `ENTRYPOINT ["/coredns"]`. The distroless part here: its users
@@ -538,7 +556,7 @@ EOF
             --config.exposedports 8080/tcp --config.exposedports 8081/tcp --config.exposedports 9376/tcp \
             --config.exposedports 5000/tcp "$@"
     }
-    local agnhost_layers=(busybox dnsutils coredns agnhost)
+    local agnhost_layers=(busybox dnsutils netcat coredns agnhost)
     newimg agnhost "${agnhost_layers[@]}"
     agnhost_cfg agnhost
     # the previous agnhost: the same program under another image ID, as rollout specs need two images
