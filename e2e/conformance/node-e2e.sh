@@ -180,9 +180,10 @@ awk -F'\t' '$1 == "skipped" { print $2 "\t" $3 }' "$OUT/specs.tsv" >"$OUT/skippe
 # framework names a spec's namespaces when it destroys them ("Destroying namespace \"X\"", or for
 # [Serial] specs "Waiting for namespaces [X Y] to vanish"). C collation: join needs sort's order.
 export LC_ALL=C
-jq -r 'select(.reason == "Pulling" or .reason == "Pulled")
+# The watch is killed at the end, so the last event may be cut short: every whole one is read.
+{ jq -c . "$OUT/events.json" 2>/dev/null || true; } | jq -r 'select(.reason == "Pulling" or .reason == "Pulled")
     | (.message | capture("image \"(?<i>[^\"]+)\"")? | .i) as $i
-    | "\(.involvedObject.namespace)\t\($i)"' "$OUT/events.json" | sort -u >"$OUT/namespace-images.tsv"
+    | "\(.involvedObject.namespace)\t\($i)"' | sort -u >"$OUT/namespace-images.tsv"
 jq -r "$SPEC_NAME"'.[].SpecReports[]? | select(.LeafNodeType == "It" and .State != "skipped")
     | spec_name as $name | .SpecEvents[]? | (.Message // "")
     | (capture("Destroying namespace \"(?<ns>[^\"]+)\"")? | .ns),
